@@ -1,0 +1,220 @@
+"""The ``igan`` command line: train, semisup, sample, evaluate, plugins.
+
+The plugin manager is built first, then the typer app from it, so plugin options become real typer
+options (help panels included) before any command parses its arguments. stdout carries only data
+(a run directory, a path, or JSON with ``--json``); everything for people goes to stderr. Exit codes:
+0 success, 1 runtime error, 2 usage error, 130 Ctrl-C, 143 SIGTERM (both after saving a checkpoint).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+from igan import __version__
+from igan.errors import IganError, UsageError
+
+__all__ = ["main", "build_app"]
+
+CORE_PANEL = "Training"
+MODEL_PANEL = "Model"
+
+
+def _core_parameters(command: str) -> list[inspect.Parameter]:
+    """The options every training command has (typer options in the Training and Model panels)."""
+    P = inspect.Parameter
+
+    def opt(name: str, annotation: Any, default: Any, *flags: str, panel: str = CORE_PANEL, **kw: Any) -> P:
+        return P(name, P.KEYWORD_ONLY, default=default,
+                 annotation=Annotated[annotation, typer.Option(*flags, rich_help_panel=panel, **kw)])
+
+    return [
+        opt("dataset", str, "digits", "--dataset", help="digits (embedded), mnist, cifar10, svhn, or a plugin's"),
+        opt("data_dir", Optional[Path], None, "--data-dir", help="folder holding the dataset's files"),
+        opt("download", bool, False, "--download", help="fetch missing dataset files (checksums verified)"),
+        opt("epochs", Optional[int], None, "--epochs", min=1, help="epochs (default: the model's)"),
+        opt("steps", Optional[int], None, "--steps", min=1, help="total steps; overrides --epochs"),
+        opt("batch_size", Optional[int], None, "--batch-size", min=1, help="batch size (default: the model's)"),
+        opt("lr", Optional[float], None, "--lr", min=0.0, help="Adam learning rate (default: the model's)"),
+        opt("seed", int, 0, "--seed", help="random seed (model init, noise, data order)"),
+        opt("device", str, "auto", "--device", help="auto, cpu, cuda or cuda:N"),
+        opt("out", Optional[Path], None, "--out", help="run directory (default: runs/<dataset>-<time>)"),
+        opt("resume", Optional[Path], None, "--resume", help="continue from this checkpoint exactly"),
+        opt("as_json", bool, False, "--json", help="print a JSON summary on stdout"),
+        opt("log_every", int, 50, "--log-every", min=1, help="steps between log lines / metric records"),
+        opt("checkpoint_every", Optional[int], None, "--checkpoint-every", min=1,
+            help="steps between checkpoints (default: each epoch)"),
+        opt("g_steps", int, 1, "--g-steps", min=1, help="generator updates per discriminator update"),
+        opt("g_loss", str, "ns", "--g-loss", help="generator loss: ns (non-saturating) or minimax"),
+        opt("disable_plugin", Optional[list[str]], None, "--disable-plugin", help="block a plugin by name"),
+        opt("model", Optional[str], None, "--model", panel=MODEL_PANEL,
+            help="model pair (default: the dataset's): digits_mlp, mnist_mlp, cifar_conv, svhn_conv"),
+        opt("wn", Optional[bool], None, "--wn/--no-wn", panel=MODEL_PANEL,
+            help="weight normalisation with data-dependent init (default on, as the reference nets)"),
+        opt("noise", Optional[bool], None, "--d-noise/--no-d-noise", panel=MODEL_PANEL,
+            help="Gaussian noise layers in the MLP discriminator (0.3 input, 0.5 hidden)"),
+        opt("dropout", Optional[bool], None, "--dropout/--no-dropout", panel=MODEL_PANEL,
+            help="dropout in the conv discriminator (0.2 input, 0.5 per block)"),
+    ]
+
+
+CORE_KEYS = {"dataset", "data_dir", "download", "epochs", "steps", "batch_size", "lr", "seed", "device",
+             "out", "resume", "log_every", "checkpoint_every", "g_steps", "g_loss", "model"}
+MODEL_KEYS = {"wn", "noise", "dropout"}
+
+
+def make_config(command: str, values: dict[str, Any], parser) -> "RunConfig":  # noqa: F821
+    from igan.config import RunConfig
+
+    parser.validate_choices(values)
+    core = {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items() if k in CORE_KEYS}
+    model_kwargs = {k: v for k, v in values.items() if k in MODEL_KEYS and v is not None}
+    options = {k: v for k, v in values.items() if k in parser.options}
+    return RunConfig(command=command, model_kwargs=model_kwargs, options=options, **core)
+
+
+def _run_dir(config) -> Path:
+    if config.out:
+        return Path(config.out)
+    if config.resume:  # resume into the run the checkpoint belongs to
+        ckpt = Path(config.resume)
+        return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"{config.dataset}-{stamp}"
+    path, i = base, 1
+    while path.exists():
+        path, i = Path(f"{base}-{i}"), i + 1
+    return path
+
+
+def train_once(config, pm) -> dict[str, Any]:
+    """Build, train and checkpoint one run; returns its summary."""
+    from igan.train import build_run, fit
+
+    run_dir = _run_dir(config)
+    if config.resume is None and (run_dir / "checkpoints" / "last.safetensors").exists():
+        raise UsageError(f"{run_dir} already holds a run", hint=f"use --resume {run_dir}/checkpoints/last.safetensors "
+                         "to continue it, or another --out")
+    run = build_run(config, pm, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(json.loads(config.to_json()), indent=2) + "\n")
+    return fit(run, resume=Path(config.resume) if config.resume else None)
+
+
+def _training_command(command: str, pm_factory: Callable, parser, doc: str) -> Callable:
+    def command_fn(**values: Any) -> None:
+        as_json = values.pop("as_json")
+        values.pop("disable_plugin", None)  # already applied when the plugin manager was built
+        config = make_config(command, values, parser)
+        runner = pm_factory.runner(command)
+        summary = runner(config, pm_factory)
+        if as_json:
+            print(json.dumps(summary))
+        else:
+            print(summary.get("run_dir", ""))
+
+    params = _core_parameters(command) + [o.typer_parameter() for o in parser.for_command(command)]
+    command_fn.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command_fn.__doc__ = doc
+    command_fn.__name__ = command
+    return command_fn
+
+
+class PluginManagers:
+    """Makes a fresh plugin manager per run (``--seeds K`` trains K runs, each with its own state)."""
+
+    def __init__(self, disable: list[str]) -> None:
+        self.disable = disable
+        self.runners: dict[str, Callable] = {"train": lambda config, pms: train_once(config, pms.new())}
+
+    def new(self):
+        from igan.plugins import get_plugin_manager
+
+        return get_plugin_manager(disable=self.disable)
+
+    def runner(self, command: str) -> Callable:
+        return self.runners[command]
+
+
+def build_app(pms: PluginManagers | None = None) -> typer.Typer:
+    from igan.options import collect_options
+
+    pms = pms or PluginManagers([])
+    pm = pms.new()
+    parser = collect_options(pm)
+    app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+                      help=f"igan {__version__}: Improved Techniques for Training GANs, as plugins.",
+                      context_settings={"help_option_names": ["-h", "--help"]})
+    app.command("train", epilog="Example: igan train --dataset mnist --data-dir data/mnist --fm --mbd")(
+        _training_command("train", pms, parser, "Train a GAN; each technique is a flag (see Techniques)."))
+
+    from igan import commands
+
+    commands.register_builtin(app, pms, parser, _training_command)
+    for impl in pm.hook.igan_register_commands.get_hookimpls():
+        impl.function(register=lambda name, fn: app.command(name)(fn))
+    return app
+
+
+def _early_disable(argv: list[str]) -> list[str]:
+    """``--disable-plugin`` must act before the app exists (plugins add options to it)."""
+    names = []
+    for i, arg in enumerate(argv):
+        if arg == "--disable-plugin" and i + 1 < len(argv):
+            names.append(argv[i + 1])
+        elif arg.startswith("--disable-plugin="):
+            names.append(arg.split("=", 1)[1])
+    return names
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("IGAN_DEBUG") == "1"
+    from igan.console import error
+
+    code = 0
+    try:
+        app = build_app(PluginManagers(_early_disable(argv)))
+        result = app(args=argv, prog_name="igan", standalone_mode=False)
+        code = result if isinstance(result, int) else 0
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except typer.TyperException as exc:  # click's usage errors (unknown flag, bad value): exit 2
+        if debug:
+            raise
+        error(exc.format_message(), hint=_usage_hint(exc))
+        code = getattr(exc, "exit_code", 2)
+    except IganError as exc:
+        if debug:
+            raise
+        error(exc.message, exc.hint)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        error("interrupted", hint="the last checkpoint was saved; continue with --resume")
+        code = 130
+    except Exception as exc:  # noqa: BLE001 - a bug: say so in one line unless debugging
+        from igan.train import Terminated
+
+        if isinstance(exc, Terminated):
+            error("terminated (SIGTERM)", hint="the last checkpoint was saved; continue with --resume")
+            code = 143
+        else:
+            if debug:
+                raise
+            error(f"{type(exc).__name__}: {exc}", hint="this looks like a bug in igan or a plugin; rerun with "
+                  "IGAN_DEBUG=1 for the traceback and report it")
+            code = 1
+    sys.exit(code)
+
+
+def _usage_hint(exc: Exception) -> str:
+    ctx = getattr(exc, "ctx", None)
+    path = getattr(ctx, "command_path", None) or "igan"
+    return f"run `{path} --help` for the options"

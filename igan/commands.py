@@ -1,0 +1,129 @@
+"""The commands besides ``train``: ``sample`` and ``plugins`` (``semisup`` and ``evaluate`` plug in here).
+
+``sample`` and ``evaluate`` rebuild the exact model from a checkpoint's metadata: the model registry
+entry, its kwargs and the run's technique options (``igan_modify_models`` runs again, because MBD and
+VBN change the architecture), then load the weights straight onto the target device.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import torch
+import typer
+
+from igan.errors import IganError, UsageError
+
+__all__ = ["register_builtin", "Restored", "restore_models"]
+
+
+@dataclass
+class Restored:
+    """A model pair rebuilt from a checkpoint, with what is needed to turn outputs into pixels."""
+
+    models: Any
+    config: Any
+    meta: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+    device: torch.device
+
+    def to_uint8(self, x: torch.Tensor) -> torch.Tensor:
+        d = self.meta["data"]
+        raw = (x.float() - d["shift"]) / d["scale"]
+        return (raw * (255.0 / d["max_value"])).round_().clamp_(0, 255).to(torch.uint8)
+
+    @torch.no_grad()
+    def generate(self, n: int, seed: int, chunk: int = 1000):
+        """uint8 [N, C, H, W] batches of at most ``chunk`` samples, lazily (50k samples fit in memory)."""
+        from igan.models import sample_z
+
+        gen = torch.Generator().manual_seed(seed)
+        g = self.models.generator
+        for i in range(0, n, chunk):
+            z = sample_z(min(chunk, n - i), self.models.z_dim, self.models.z_dist, "cpu", generator=gen)
+            yield self.to_uint8(g(z.to(self.device))).cpu()
+
+
+def restore_models(path: Path, device_name: str = "auto", pm=None) -> Restored:
+    from igan.checkpoint import load_checkpoint, prefixed
+    from igan.config import RunConfig
+    from igan.plugins import get_plugin_manager
+    from igan.train import build_models, configure, model_registry, resolve_device
+
+    device = resolve_device(device_name)
+    tensors, meta = load_checkpoint(path, device)
+    config = RunConfig.from_dict(meta["config"])
+    pm = pm or get_plugin_manager()
+    missing = [name for name in meta.get("plugins", {}) if pm.get_plugin(name) is None]
+    if missing:
+        raise IganError(f"{path} was made with plugins that are not available here: {', '.join(missing)}",
+                        hint="install (or stop disabling) those plugins to load this checkpoint")
+    registry = model_registry(pm)
+    if config.model not in registry:
+        raise IganError(f"{path} uses model {config.model!r}, which no installed plugin provides",
+                        hint="install the plugin that registers it")
+    configure(pm, config)
+    d = meta["data"]
+    value_range = (d["shift"], d["max_value"] * d["scale"] + d["shift"])
+    models = build_models(pm, config, registry[config.model], tuple(d["image_shape"]), value_range)
+    try:
+        models.generator.load_state_dict(prefixed(tensors, "G"))
+        models.discriminator.load_state_dict(prefixed(tensors, "D"))
+    except RuntimeError as exc:
+        raise IganError(f"{path} does not fit the model its metadata describes: {str(exc).splitlines()[0]}",
+                        hint="the file was edited or written by an incompatible plugin version") from exc
+    models.generator.to(device)
+    models.discriminator.to(device).eval()  # noise/dropout off; G keeps batch statistics (reference)
+    return Restored(models, config, meta, tensors, device)
+
+
+def sample(
+    checkpoint: Annotated[Path, typer.Argument(help="a .safetensors checkpoint written by igan")],
+    n: Annotated[int, typer.Option("-n", "--n", min=1, help="number of images")] = 64,
+    out: Annotated[Path, typer.Option("-o", "--out", help="grid.png, images.npz, or a folder for PNGs")] = Path(
+        "samples.png"),
+    seed: Annotated[int, typer.Option("--seed", help="noise seed")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda")] = "auto",
+) -> None:
+    """Write samples from a checkpoint: a PNG grid, an .npz of uint8 NHWC images, or a folder of PNGs."""
+    from igan.images import save_images
+
+    restored = restore_models(checkpoint, device)
+    if out.suffix.lower() == ".png" and n > 4096:
+        raise UsageError(f"a grid of {n} images is too large", hint="write an .npz or a folder for many samples")
+    if out.suffix.lower() in (".png", ".npz"):
+        save_images(torch.cat(list(restored.generate(n, seed))), out)
+    else:
+        written = 0
+        for chunk in restored.generate(n, seed):
+            save_images(chunk, out, start=written)
+            written += chunk.shape[0]
+    print(out)
+
+
+def plugins(as_json: Annotated[bool, typer.Option("--json", help="print JSON on stdout")] = False) -> None:
+    """List plugins: name, version, source, hooks implemented (and broken ones with their error)."""
+    from rich.table import Table
+
+    from igan.console import stderr
+    from igan.plugins import get_plugin_manager, plugin_infos
+
+    rows = plugin_infos(get_plugin_manager())
+    if as_json:
+        print(json.dumps([{"name": r.name, "version": r.version, "source": r.source, "module": r.module,
+                           "hooks": r.hooks, "error": r.error} for r in rows], indent=2))
+        return
+    table = Table("name", "version", "source", "hooks")
+    for r in rows:
+        table.add_row(r.name, r.version, r.source, f"[red]broken: {r.error}[/]" if r.error else ", ".join(
+            h.removeprefix("igan_") for h in r.hooks))
+    stderr.print(table)
+    print("\n".join(r.name for r in rows))
+
+
+def register_builtin(app: typer.Typer, pms, parser, training_command) -> None:
+    app.command("sample")(sample)
+    app.command("plugins")(plugins)

@@ -1,0 +1,56 @@
+"""The resolved configuration of one run: core settings plus every plugin's options.
+
+Stored as JSON in ``config.json`` and in each checkpoint's metadata, so ``sample``, ``evaluate`` and
+``--resume`` rebuild exactly the same models and techniques.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+__all__ = ["RunConfig"]
+
+
+@dataclass
+class RunConfig:
+    """Core settings. ``None`` means "the default of the chosen model/dataset" until resolved."""
+
+    command: str = "train"  # "train" (unsupervised GAN) or "semisup" (K+1 classifier)
+    dataset: str = "digits"
+    data_dir: str | None = None
+    download: bool = False
+    model: str | None = None
+    epochs: int | None = None
+    steps: int | None = None  # total optimisation steps; overrides epochs
+    batch_size: int | None = None
+    lr: float | None = None
+    beta1: float = 0.5  # Adam beta1 of every reference script (paper-notes §1.10)
+    beta2: float = 0.999
+    seed: int = 0
+    device: str = "auto"
+    out: str | None = None
+    resume: str | None = None
+    g_steps: int = 1  # generator updates per discriminator update (reference MBD scripts use 3)
+    g_loss: str = "ns"  # "ns" (non-saturating, -log D(G(z))) or "minimax" (log(1 - D(G(z))))
+    log_every: int = 50
+    checkpoint_every: int | None = None  # steps; default: once per epoch and at the end
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # architecture switches (wn, noise, ...)
+    options: dict[str, Any] = field(default_factory=dict)  # plugin options, by option name
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunConfig":
+        return cls.from_dict(json.loads(text))
+
+    def opt(self, name: str, default: Any = None) -> Any:
+        """A plugin option's value (``default`` when the plugin that declares it is not installed)."""
+        return self.options.get(name, default)

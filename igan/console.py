@@ -1,0 +1,78 @@
+"""Everything igan prints for people goes to stderr through here; stdout carries only data.
+
+Progress is a rich bar (step/total, it/s, ETA, latest losses and metric) when stderr is a terminal,
+and plain ``key=value`` log lines otherwise (CI, files), with no control characters. Messages follow
+one shape: ``error: ...`` / ``warning: ...`` then ``hint: ...``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Mapping
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+__all__ = ["stderr", "error", "warn", "info", "TrainProgress"]
+
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _plain() -> bool:
+    return not stderr.is_terminal or bool(os.environ.get("NO_COLOR"))
+
+
+def error(message: str, hint: str | None = None) -> None:
+    stderr.print(f"[bold red]error:[/] {message}", markup=True) if not _plain() else print(
+        f"error: {message}", file=sys.stderr)
+    if hint:
+        stderr.print(f"[cyan]hint:[/] {hint}", markup=True) if not _plain() else print(
+            f"hint: {hint}", file=sys.stderr)
+
+
+def warn(message: str, hint: str | None = None) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+    if hint:
+        print(f"hint: {hint}", file=sys.stderr)
+
+
+def info(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _fmt(values: Mapping[str, float]) -> str:
+    return " ".join(f"{k}={v:.4g}" for k, v in values.items())
+
+
+class TrainProgress:
+    """A rich progress bar on a terminal; periodic plain lines otherwise."""
+
+    def __init__(self, total: int, start: int = 0, description: str = "train") -> None:
+        self.total, self.start_step = total, start
+        self.t0 = time.perf_counter()
+        self.rich = None if _plain() else Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), TextColumn("{task.fields[stats]}"),
+            console=stderr, transient=False)
+        if self.rich is not None:
+            self.task = self.rich.add_task(description, total=total, completed=start, rate="", stats="")
+
+    def __enter__(self) -> "TrainProgress":
+        if self.rich is not None:
+            self.rich.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.rich is not None:
+            self.rich.__exit__(*exc)
+
+    def update(self, step: int, values: Mapping[str, float]) -> None:
+        elapsed = max(time.perf_counter() - self.t0, 1e-9)
+        rate = (step - self.start_step) / elapsed
+        if self.rich is not None:
+            self.rich.update(self.task, completed=step, rate=f"{rate:.1f} it/s", stats=_fmt(values))
+        else:
+            eta = (self.total - step) / rate if rate > 0 else float("nan")
+            info(f"step {step}/{self.total} {rate:.1f} it/s eta {eta:.0f}s {_fmt(values)}")

@@ -1,0 +1,84 @@
+"""The in-memory dataset every loader returns, and the registry entry that names a loader.
+
+Datasets are small (CIFAR-10's training set is 150 MB as uint8), so each one is held as a single
+uint8 tensor and moved to the training device whole; batches are drawn by index on the device with
+no DataLoader workers in the hot path (the airbench approach). Pixels stay uint8 until a batch is
+drawn; ``to_float`` applies the reference code's preprocessing (paper-notes §2.1) on the fly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+__all__ = ["ImageDataset", "DatasetSpec"]
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    """Images as uint8 NCHW tensors plus integer labels, with the affine map to model inputs.
+
+    ``float = uint8 * scale + shift``: MNIST/digits map to [0, 1], CIFAR-10 to (x - 127.5) / 128 and
+    SVHN to (x - 127.5) / 127.5, exactly as the reference code preprocessed them.
+    """
+
+    name: str
+    x_train: torch.Tensor  # uint8 [N, C, H, W]
+    y_train: torch.Tensor  # int64 [N]
+    x_test: torch.Tensor | None  # uint8 [M, C, H, W] or None when the set has no test split
+    y_test: torch.Tensor | None  # int64 [M]
+    num_classes: int
+    scale: float
+    shift: float
+    max_value: int = 255  # largest raw pixel value (the embedded digits use 0..16)
+    source: str = ""  # where the data came from, for logs and the run config
+    class_names: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.x_train.dtype != torch.uint8 or self.x_train.dim() != 4:
+            raise ValueError(f"{self.name}: x_train must be uint8 [N, C, H, W], got "
+                             f"{self.x_train.dtype} {tuple(self.x_train.shape)}")
+        if self.y_train.shape[0] != self.x_train.shape[0]:
+            raise ValueError(f"{self.name}: {self.x_train.shape[0]} images but "
+                             f"{self.y_train.shape[0]} labels")
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
+
+    def to_float(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels -> model inputs (float32), the reference preprocessing."""
+        return x.float().mul_(self.scale).add_(self.shift)
+
+    def to_uint8(self, x: torch.Tensor) -> torch.Tensor:
+        """Model outputs -> uint8 pixels in [0, 255] (inverse map, rounded, clamped)."""
+        raw = (x.float() - self.shift) / self.scale
+        return (raw * (255.0 / self.max_value)).round_().clamp_(0, 255).to(torch.uint8)
+
+    @property
+    def value_range(self) -> tuple[float, float]:
+        """Range of model inputs: G's output layer must cover it."""
+        return (self.shift, self.max_value * self.scale + self.shift)
+
+    def to(self, device: torch.device | str) -> "ImageDataset":
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return replace(self, x_train=move(self.x_train), y_train=move(self.y_train),
+                       x_test=move(self.x_test), y_test=move(self.y_test))
+
+
+# A loader takes (data_dir, download) and returns the dataset; data_dir None means "the default".
+Loader = Callable[[Path | None, bool], ImageDataset]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One registry entry: a name, how to load it, and the model pair that fits it by default."""
+
+    name: str
+    loader: Loader
+    default_model: str
+    description: str = ""
+    files: tuple[str, ...] = ()  # the files it reads, for error messages and docs

@@ -1,0 +1,30 @@
+"""The two errors igan reports to users: one line of what went wrong, one line of what to do.
+
+``IganError`` is a runtime failure (exit code 1); ``UsageError`` is a bad command line or an
+impossible combination of options (exit code 2). The CLI prints either as ``error: ...`` and
+``hint: ...`` on stderr, with a traceback only when ``IGAN_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+__all__ = ["IganError", "UsageError"]
+
+
+class IganError(Exception):
+    """A runtime error with a hint for the user (exit code 1)."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(IganError):
+    """A bad option value or an impossible combination of options (exit code 2)."""
+
+    exit_code = 2

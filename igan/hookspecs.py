@@ -1,0 +1,212 @@
+"""Every hook igan calls. A hookspec's docstring is its contract; ``docs/hooks.md`` mirrors it.
+
+Hooks are called with keyword arguments only, so an implementation may accept fewer arguments than
+the spec lists (pluggy passes only the names it asks for). All names carry the ``igan_`` prefix;
+the plugin manager refuses an ``igan_*`` function that matches no spec (a misspelt hook).
+
+Order within one training step (``igan.train.train_step`` is the only caller of the step hooks)::
+
+    igan_discriminator_loss -> igan_extra_loss(net="D") -> [D optimizer step]
+        -> igan_after_optimizer_step(net="D")
+    repeat g_steps times:
+        igan_generator_loss -> igan_extra_loss(net="G") -> [G optimizer step]
+            -> igan_after_optimizer_step(net="G")
+
+and around the loop (``igan.train.fit``)::
+
+    igan_configure -> igan_modify_models -> [data-dependent init] -> igan_train_start
+        -> igan_label_targets -> (steps ...) -> igan_epoch_end at each epoch end -> igan_train_end
+
+``igan_checkpoint_tensors`` fires whenever a checkpoint is written, ``igan_restore_tensors`` when one
+is loaded (after ``igan_train_start``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+import pluggy
+
+if TYPE_CHECKING:  # imported for annotations only: keeps `import igan.hookspecs` light
+    import torch
+
+    from igan.config import RunConfig
+    from igan.models import Models
+    from igan.options import OptionParser
+    from igan.train import LabelTargets, Run, Step
+
+hookspec = pluggy.HookspecMarker("igan")
+
+
+# --------------------------------------------------------------------------------------------
+# Start-up: options, validation, registries
+
+
+@hookspec
+def igan_addoption(parser: OptionParser) -> None:
+    """Add command-line options with ``parser.add(name, type, default, help=..., ...)``.
+
+    Fires once when the CLI is built, before any command runs. Options of built-in plugins are shown in
+    the "Techniques" panel of ``igan train --help`` (unless they name another panel); options of a
+    third-party plugin get a panel of their own, titled with the plugin's name. An option's value is
+    read back as ``config.options[name]``. Return nothing.
+    """
+
+
+@hookspec
+def igan_configure(config: RunConfig, pm: pluggy.PluginManager) -> None:
+    """Validate the resolved options and set up per-run state.
+
+    Fires once per run after the options are parsed, before any model exists. Raise
+    ``igan.UsageError(message, hint)`` for an impossible combination (the CLI exits with code 2).
+    A technique that is switched on registers a stateful object here with ``pm.register(obj, name)``;
+    that object's hooks then fire for this run only. Return nothing.
+    """
+
+
+@hookspec
+def igan_register_datasets(register: Callable[..., None]) -> None:
+    """Add datasets: call ``register(DatasetSpec(...))`` once per dataset.
+
+    Fires when the dataset registry is first needed. A name registered twice is an error naming both.
+    """
+
+
+@hookspec
+def igan_register_models(register: Callable[..., None]) -> None:
+    """Add model pairs: call ``register(name, builder)`` once per pair.
+
+    ``builder(image_shape, num_logits, **kwargs) -> Models`` builds a generator and a discriminator;
+    the kwargs are stored in the checkpoint so ``sample`` and ``evaluate`` rebuild the exact model.
+    """
+
+
+@hookspec
+def igan_register_metrics(register: Callable[..., None]) -> None:
+    """Add sample-quality metrics for ``igan evaluate``: ``register(name, fn, help)``.
+
+    ``fn(images_uint8: Tensor, context: dict) -> dict`` returns at least ``mean`` (and ``std`` where
+    defined).
+    """
+
+
+@hookspec
+def igan_register_commands(register: Callable[..., None]) -> None:
+    """Add CLI subcommands: ``register(name, function)`` with a typer-style annotated function.
+
+    Only typer's public API is used; plugins never receive click objects.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# Model construction
+
+
+@hookspec
+def igan_modify_models(models: Models, config: RunConfig) -> None:
+    """Change the generator or discriminator before training, sampling or evaluation.
+
+    Fires after the model pair is built (also when a checkpoint is loaded for ``sample`` or
+    ``evaluate``, so architecture changes are rebuilt from the checkpoint's config), before weights are
+    loaded or initialised. Edit ``models.generator`` / ``models.discriminator`` in place or assign new
+    modules to those attributes (e.g. replace the discriminator's ``mbd`` slot). Return nothing.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+
+
+@hookspec
+def igan_train_start(run: Run) -> None:
+    """One-time set-up before the first step (models, optimizers and data exist).
+
+    Fires once per ``fit`` call, after data-dependent initialisation and before a checkpoint is restored.
+    """
+
+
+@hookspec(firstresult=True)
+def igan_label_targets(config: RunConfig) -> LabelTargets | None:
+    """Return the label targets (real, fake, generator) for the default GAN losses.
+
+    firstresult: the first non-None result wins. The built-in default returns 1/0/1; one-sided label
+    smoothing returns (alpha, 0, generator target). Fires once per run.
+    """
+
+
+@hookspec(firstresult=True)
+def igan_discriminator_loss(step: Step) -> torch.Tensor | None:
+    """Return the discriminator's main loss (a scalar tensor) for this step.
+
+    firstresult: the built-in default (``trylast``) is the standard GAN loss on
+    ``step.d_real``/``step.d_fake``; the semi-supervised plugin returns the K+1 loss instead. Fires once
+    per step, before ``igan_extra_loss(net="D")``.
+    """
+
+
+@hookspec(firstresult=True)
+def igan_generator_loss(step: Step) -> torch.Tensor | None:
+    """Return the generator's main loss (a scalar tensor).
+
+    firstresult: the built-in default (``trylast``) is the non-saturating loss (or the minimax loss with
+    ``--g-loss minimax``); feature matching returns its loss instead. ``step.d_fake`` has been recomputed
+    with gradients flowing to G. Fires once per generator update (``--g-steps`` times per step).
+    """
+
+
+@hookspec
+def igan_extra_loss(step: Step, net: str) -> dict[str, torch.Tensor] | None:
+    """Return named extra loss terms to add to network ``net`` ("D" or "G"), or None.
+
+    Fires once per optimizer update of that network, right after its main loss. Every term is added to
+    the loss and logged under ``loss/<net>/<name>``.
+    """
+
+
+@hookspec
+def igan_after_optimizer_step(step: Step, net: str) -> None:
+    """Bookkeeping after the optimizer of ``net`` ("D" or "G") has updated its parameters.
+
+    Fires right after each ``optimizer.step()``, under ``torch.no_grad()``. Return nothing.
+    """
+
+
+@hookspec
+def igan_epoch_end(run: Run, epoch: int) -> dict[str, float] | None:
+    """Evaluate at the end of an epoch; return metrics to log (e.g. ``{"test_error": 0.01}``) or None.
+
+    Fires after each completed epoch (and at the end of training if the last epoch was partial).
+    Metrics go to ``metrics.jsonl`` and the progress display.
+    """
+
+
+@hookspec
+def igan_train_end(run: Run) -> None:
+    """Clean-up after the last step, after the final checkpoint is written. Return nothing."""
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+@hookspec
+def igan_checkpoint_tensors(run: Run) -> dict[str, torch.Tensor] | None:
+    """Return extra named tensors to save in the checkpoint (e.g. historical-average sums).
+
+    The host prefixes each name with the plugin's name, so names only need to be unique per plugin.
+    """
+
+
+@hookspec
+def igan_restore_tensors(run: Run, tensors: dict[str, torch.Tensor]) -> None:
+    """Restore state from a checkpoint: ``tensors`` holds what this plugin returned from
+    ``igan_checkpoint_tensors`` (names without the prefix). Fires after ``igan_train_start``.
+    """
+
+
+def all_hook_names() -> list[str]:
+    """The names of every hook specification, in file order (used by docs tests and ``igan plugins``)."""
+    return [name for name, obj in globals().items() if name.startswith("igan_") and callable(obj)]
+
+
+__all__ = ["hookspec", "all_hook_names"] + all_hook_names()

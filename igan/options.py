@@ -1,0 +1,110 @@
+"""Command-line options contributed by plugins through ``igan_addoption``.
+
+A plugin declares an option once (name, type, default, help); the CLI turns every declaration into a
+typer option on the commands it applies to, grouped in help panels: built-in plugins in "Techniques"
+(or the panel they name), each third-party plugin in a panel titled with its name. Only typer's public
+API is used (``typer.Option`` inside ``Annotated`` and a synthesised ``__signature__``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import typer
+
+__all__ = ["OptionSpec", "OptionParser"]
+
+TECHNIQUES_PANEL = "Techniques"
+
+
+@dataclass
+class OptionSpec:
+    """One option. ``name`` is the key in ``config.options``; ``flag`` defaults to ``--name`` with
+    underscores as dashes; a bool option may give ``--x/--no-x``."""
+
+    name: str
+    type: Any
+    default: Any
+    help: str
+    flag: str | None = None
+    panel: str | None = None
+    commands: tuple[str, ...] = ("train", "semisup")
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[str, ...] | None = None
+    plugin: str = ""  # filled in by the parser: who declared it
+    builtin: bool = True
+
+    @property
+    def cli_flag(self) -> str:
+        return self.flag or "--" + self.name.replace("_", "-")
+
+    def resolved_panel(self) -> str:
+        if self.panel:
+            return self.panel
+        return TECHNIQUES_PANEL if self.builtin else f"Plugin: {self.plugin}"
+
+    def typer_parameter(self) -> inspect.Parameter:
+        kwargs: dict[str, Any] = {"help": self.help, "rich_help_panel": self.resolved_panel(),
+                                  "show_default": self.default is not None and self.type is not bool}
+        if self.min is not None:
+            kwargs["min"] = self.min
+        if self.max is not None:
+            kwargs["max"] = self.max
+        annotation: Any = self.type if self.default is not None else self.type | None
+        if self.choices:  # validated by OptionParser.validate_choices (one-line usage error)
+            kwargs["help"] = f"{self.help} (one of: {', '.join(self.choices)})"
+        opt = typer.Option(self.cli_flag, **kwargs)
+        return inspect.Parameter(self.name, inspect.Parameter.KEYWORD_ONLY, default=self.default,
+                                 annotation=Annotated[annotation, opt])
+
+
+@dataclass
+class OptionParser:
+    """What ``igan_addoption`` receives. Call ``parser.add(...)`` to declare an option."""
+
+    options: dict[str, OptionSpec] = field(default_factory=dict)
+    _plugin: str = ""
+    _builtin: bool = True
+
+    def add(self, name: str, type: Any = bool, default: Any = None, *, help: str, flag: str | None = None,
+            panel: str | None = None, commands: tuple[str, ...] = ("train", "semisup"),
+            min: float | None = None, max: float | None = None,
+            choices: tuple[str, ...] | None = None) -> None:
+        """Declare an option. ``type`` is bool (a bare flag), int, float, str or a path type."""
+        if name in self.options:
+            other = self.options[name].plugin
+            raise ValueError(f"option {name!r} of plugin {self._plugin!r} is already declared by {other!r}")
+        if type is bool and default is None:
+            default = False
+        self.options[name] = OptionSpec(name, type, default, help, flag, panel, tuple(commands),
+                                        min, max, choices, self._plugin, self._builtin)
+
+    def for_command(self, command: str) -> list[OptionSpec]:
+        return [o for o in self.options.values() if command in o.commands]
+
+    def defaults(self, command: str | None = None) -> dict[str, Any]:
+        return {o.name: o.default for o in self.options.values() if command is None or command in o.commands}
+
+    def validate_choices(self, values: dict[str, Any]) -> None:
+        from igan.errors import UsageError
+
+        for o in self.options.values():
+            v = values.get(o.name)
+            if o.choices and v is not None and v not in o.choices:
+                raise UsageError(f"{o.cli_flag} must be one of {', '.join(o.choices)}, got {v!r}",
+                                 hint=f"for example {o.cli_flag} {o.choices[0]}")
+
+
+def collect_options(pm) -> OptionParser:
+    """Ask every plugin for its options, remembering which plugin declared each one."""
+    parser = OptionParser()
+    infos = getattr(pm, "igan_infos", {})
+    for impl in reversed(pm.hook.igan_addoption.get_hookimpls()):  # registration order
+        info = infos.get(impl.plugin_name)
+        parser._plugin = impl.plugin_name
+        parser._builtin = info is None or info.builtin
+        impl.function(parser=parser)
+    return parser

@@ -1,0 +1,146 @@
+"""Build the plugin manager for one run: hook specs, the essential defaults, then every plugin that is
+installed under the ``igan`` entry-point group (the built-in techniques included).
+
+Built per call, never at import, so tests get a fresh manager and no reloads are needed. A plugin that
+fails to import is recorded as broken and skipped with a warning (``igan plugins`` lists it); a plugin
+whose ``igan_*`` function matches no hook spec is an error naming the plugin and the function.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Iterable
+
+import pluggy
+
+from igan import hookspecs
+from igan.errors import IganError
+
+__all__ = ["PluginInfo", "get_plugin_manager", "plugin_infos", "ENTRY_POINT_GROUP", "hookimpl"]
+
+ENTRY_POINT_GROUP = "igan"
+hookimpl = pluggy.HookimplMarker("igan")
+
+# The host's own defaults (default losses, datasets, models, core options). Essential: never blocked.
+ESSENTIAL = {"core": "igan.defaults"}
+
+
+@dataclass
+class PluginInfo:
+    """What ``igan plugins`` reports about one plugin."""
+
+    name: str
+    version: str
+    source: str  # "essential", "built-in" (shipped with igan) or "package:<distribution>"
+    module: str
+    hooks: list[str] = field(default_factory=list)
+    error: str | None = None  # set when the plugin failed to load
+
+    @property
+    def builtin(self) -> bool:
+        return self.source in ("essential", "built-in")
+
+
+def _blocked_names(disable: Iterable[str] = ()) -> set[str]:
+    names = {n.strip() for n in os.environ.get("IGAN_DISABLE_PLUGINS", "").split(",") if n.strip()}
+    return names | {n.strip() for n in disable if n.strip()}
+
+
+def _entry_points() -> list[metadata.EntryPoint]:
+    eps = metadata.entry_points(group=ENTRY_POINT_GROUP)
+    # Deduplicate (a package visible twice on sys.path must not register twice); keep a stable order.
+    seen: dict[str, metadata.EntryPoint] = {}
+    for ep in eps:
+        seen.setdefault(ep.name, ep)
+    return sorted(seen.values(), key=lambda ep: (ep.dist is None or ep.dist.name != "igan", ep.name))
+
+
+def get_plugin_manager(*, disable: Iterable[str] = (), autoload: bool = True,
+                       extra: Iterable[tuple[str, object]] = ()) -> pluggy.PluginManager:
+    """A fresh plugin manager with specs, essential plugins and (``autoload``) installed plugins.
+
+    ``disable`` names plugins to block (added to ``IGAN_DISABLE_PLUGINS``); ``extra`` registers
+    (name, plugin) pairs, as tests do with spy plugins. Plugin metadata for ``igan plugins`` is kept on
+    ``pm.igan_infos``.
+    """
+    import importlib
+
+    pm = pluggy.PluginManager("igan")
+    pm.add_hookspecs(hookspecs)
+    infos: dict[str, PluginInfo] = {}
+    blocked = _blocked_names(disable)
+    from igan import __version__
+
+    for name, modname in ESSENTIAL.items():
+        pm.register(importlib.import_module(modname), name=name)
+        infos[name] = PluginInfo(name, __version__, "essential", modname)
+    if autoload:
+        for ep in _entry_points():
+            if ep.name in infos:
+                raise IganError(f"plugin name {ep.name!r} is used twice",
+                                hint=f"uninstall one of the packages providing the {ep.name!r} entry point")
+            dist = ep.dist.name if ep.dist is not None else "?"
+            version = ep.dist.version if ep.dist is not None else "?"
+            source = "built-in" if dist == "igan" else f"package:{dist}"
+            if ep.name in blocked:
+                pm.set_blocked(ep.name)
+                continue
+            try:
+                plugin = ep.load()
+            except Exception as exc:  # a broken third-party package must not take igan down
+                infos[ep.name] = PluginInfo(ep.name, version, source, ep.value,
+                                            error=f"{type(exc).__name__}: {exc}")
+                _warn(f"plugin {ep.name!r} ({dist} {version}) failed to import and is skipped: "
+                      f"{type(exc).__name__}: {exc}",
+                      hint=f"reinstall or uninstall {dist}, or set IGAN_DISABLE_PLUGINS={ep.name}")
+                continue
+            try:
+                pm.register(plugin, name=ep.name)
+            except pluggy.PluginValidationError as exc:
+                raise IganError(f"plugin {ep.name!r} ({dist} {version}) is invalid: {exc}",
+                                hint=f"fix the plugin, or set IGAN_DISABLE_PLUGINS={ep.name}") from exc
+            infos[ep.name] = PluginInfo(ep.name, version, source, ep.value)
+    for name, plugin in extra:
+        if name in blocked:
+            continue
+        pm.register(plugin, name=name)
+        infos[name] = PluginInfo(name, "0", "extra", getattr(plugin, "__name__", type(plugin).__name__))
+    check_hookimpls(pm)
+    for info in infos.values():
+        plugin = pm.get_plugin(info.name)
+        if plugin is not None:
+            info.hooks = sorted(c.name for c in pm.get_hookcallers(plugin) or [])
+    pm.igan_infos = infos  # type: ignore[attr-defined]
+    return pm
+
+
+def check_hookimpls(pm: pluggy.PluginManager) -> None:
+    """Refuse ``igan_*`` functions that match no hook spec (a misspelt hook would silently never fire)."""
+    for name, plugin in pm.list_name_plugin():
+        for caller in pm.get_hookcallers(plugin) or []:
+            if caller.spec is None:
+                raise IganError(f"plugin {name!r} implements {caller.name!r}, which is not an igan hook",
+                                hint="check the spelling against docs/hooks.md (`igan plugins` lists the hooks)")
+
+
+def plugin_infos(pm: pluggy.PluginManager) -> list[PluginInfo]:
+    return list(getattr(pm, "igan_infos", {}).values())
+
+
+def plugin_of(pm: pluggy.PluginManager, plugin: object) -> str:
+    """The registered name of a plugin object (for error messages)."""
+    return pm.get_name(plugin) or repr(plugin)
+
+
+_warned: set[str] = set()
+
+
+def _warn(message: str, hint: str) -> None:
+    """Warn once per process (the CLI builds more than one plugin manager)."""
+    from igan.console import warn
+
+    if message not in _warned:
+        _warned.add(message)
+        warn(message, hint)

@@ -1,0 +1,484 @@
+"""The one training step and the loop around it: the only place where training hooks fire.
+
+One step (``train_step``), in this fixed order (also in ``docs/hooks.md``)::
+
+    batch = sampler.next();  z ~ p(z);  fake = G(z)                  (one G forward, kept for G's update)
+    D phase   d_real = D(x_unl); d_lab = D(x_lab) if labelled; d_fake = D(fake.detach())
+              loss_D = igan_discriminator_loss(step) + sum(igan_extra_loss(step, net="D"))
+              D optimizer step;  igan_after_optimizer_step(step, net="D")
+    G phase   (g_steps times; fresh z and a new G forward after the first)
+              d_fake = D(fake) with D's parameters frozen;  d_real_g = D(x_real_g) or the D phase's d_real
+              loss_G = igan_generator_loss(step) + sum(igan_extra_loss(step, net="G"))
+              G optimizer step;  igan_after_optimizer_step(step, net="G")
+
+Real, labelled and generated batches go through D in separate passes (paper-notes §1.1): this matters
+for minibatch discrimination and for noise/dropout. Techniques return loss terms or modify modules;
+they never own an optimizer or re-run a forward pass the step already did. Loss values stay on the
+device: the loop synchronises only every ``log_every`` steps (``.item()`` is a host sync).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pluggy
+import torch
+from torch import nn
+
+from igan import __version__
+from igan.checkpoint import (flatten_optimizer, load_checkpoint, prefixed, save_checkpoint,
+                             unflatten_optimizer)
+from igan.config import RunConfig
+from igan.datasets import ImageDataset, load_dataset
+from igan.errors import IganError, UsageError
+from igan.models import DOut, ModelDef, Models, initialize_from_data, sample_z
+from igan.sampler import Batch, BatchSampler
+
+__all__ = ["LabelTargets", "Step", "Run", "build_run", "train_step", "fit", "Terminated"]
+
+
+@dataclass(frozen=True)
+class LabelTargets:
+    """Targets of the default GAN losses: D's real target (fakes are always 0) and G's target."""
+
+    real: float = 1.0
+    generator: float = 1.0
+
+
+@dataclass
+class Step:
+    """What the step hooks see. Tensors are on the training device."""
+
+    run: "Run"
+    it: int  # 0-based index of this step
+    x_real: torch.Tensor
+    z: torch.Tensor
+    fake: torch.Tensor
+    d_real: DOut
+    d_fake: DOut
+    x_lab: torch.Tensor | None = None
+    y_lab: torch.Tensor | None = None
+    d_lab: DOut | None = None
+    d_real_g: DOut | None = None  # real-data D outputs the G loss compares against (feature matching)
+    net: str = "D"
+    logs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def config(self) -> RunConfig:
+        return self.run.config
+
+    @property
+    def targets(self) -> LabelTargets:
+        return self.run.targets
+
+    def log(self, name: str, value: torch.Tensor) -> None:
+        """Record a scalar for the logs (kept on the device; synchronised at logging points)."""
+        self.logs[name] = value.detach()
+
+
+class Terminated(Exception):
+    """SIGTERM arrived: the loop saves a checkpoint and the CLI exits with 143."""
+
+
+@dataclass
+class Run:
+    """Everything one run holds. Plugins may read it; only the loop advances it."""
+
+    config: RunConfig
+    pm: pluggy.PluginManager
+    dataset: ImageDataset
+    model_def: ModelDef
+    models: Models
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    sampler: BatchSampler
+    device: torch.device
+    run_dir: Path
+    targets: LabelTargets = LabelTargets()
+    step: int = 0
+    fixed_z: torch.Tensor | None = None
+    model_spec: dict[str, Any] = field(default_factory=dict)
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    d_trainable: list[nn.Parameter] = field(default_factory=list)
+
+    @property
+    def generator(self) -> nn.Module:
+        return self.models.generator
+
+    @property
+    def discriminator(self) -> nn.Module:
+        return self.models.discriminator
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.sampler.steps_per_epoch
+
+    @property
+    def total_steps(self) -> int:
+        if self.config.steps is not None:
+            return self.config.steps
+        return self.config.epochs * self.steps_per_epoch
+
+    @property
+    def epoch(self) -> int:
+        return self.step // self.steps_per_epoch
+
+    def sample_z(self, n: int) -> torch.Tensor:
+        return sample_z(n, self.models.z_dim, self.models.z_dist, self.device)
+
+    def data(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.dataset.to_float(self.dataset.x_train[idx])
+
+    @torch.no_grad()
+    def generate(self, n: int, z: torch.Tensor | None = None, chunk: int = 500) -> torch.Tensor:
+        """uint8 [n, C, H, W] samples, produced in chunks so large n does not run out of memory."""
+        out = []
+        for i in range(0, n, chunk):
+            zi = z[i:i + chunk] if z is not None else self.sample_z(min(chunk, n - i))
+            out.append(self.dataset.to_uint8(self.generator(zi)).cpu())
+        return torch.cat(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# building a run
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {name} was asked for, but PyTorch sees no CUDA device",
+                         hint="use --device cpu, or install a CUDA build of PyTorch")
+    return torch.device(name)
+
+
+def model_registry(pm: pluggy.PluginManager) -> dict[str, ModelDef]:
+    defs: dict[str, ModelDef] = {}
+
+    def register(model_def: ModelDef) -> None:
+        if model_def.name in defs:
+            raise IganError(f"model {model_def.name!r} is registered twice", hint="disable one of the plugins")
+        defs[model_def.name] = model_def
+
+    pm.hook.igan_register_models(register=register)
+    return defs
+
+
+def build_models(pm: pluggy.PluginManager, config: RunConfig, model_def: ModelDef,
+                 image_shape: tuple[int, int, int], value_range: tuple[float, float]) -> Models:
+    """Build the pair from the registry, then let plugins modify it (MBD, VBN, the K-logit head)."""
+    models = model_def.build(image_shape, 1, value_range=value_range, **config.model_kwargs)
+    pm.hook.igan_modify_models(models=models, config=config)
+    return models
+
+
+def apply_model_defaults(config: RunConfig, model_def: ModelDef) -> None:
+    d = model_def.defaults
+    if config.batch_size is None:
+        config.batch_size = d.get("batch_size", 100)
+    if config.lr is None:
+        config.lr = d.get("lr", 3e-4)
+    if config.epochs is None and config.steps is None:
+        config.epochs = d.get("epochs", 10)
+
+
+def configure(pm: pluggy.PluginManager, config: RunConfig) -> None:
+    """Validate the configuration and let plugins register their per-run state."""
+    if config.g_loss not in ("ns", "minimax"):
+        raise UsageError(f"--g-loss must be 'ns' or 'minimax', got {config.g_loss!r}",
+                         hint="ns = -log D(G(z)) (default); minimax = log(1 - D(G(z)))")
+    pm.hook.igan_configure(config=config, pm=pm)
+    from igan.plugins import check_hookimpls
+
+    check_hookimpls(pm)  # plugins registered during configure are checked too
+
+
+def build_run(config: RunConfig, pm: pluggy.PluginManager, run_dir: Path | None = None) -> Run:
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    dataset, spec = load_dataset(pm, config.dataset, config.data_dir, config.download)
+    dataset = dataset.to(device)
+    models_by_name = model_registry(pm)
+    config.model = config.model or spec.default_model
+    if config.model not in models_by_name:
+        raise UsageError(f"unknown model {config.model!r}", hint=f"choose one of: {', '.join(sorted(models_by_name))}")
+    model_def = models_by_name[config.model]
+    apply_model_defaults(config, model_def)
+    configure(pm, config)
+    models = build_models(pm, config, model_def, dataset.image_shape, dataset.value_range)
+    models.generator.to(device)
+    models.discriminator.to(device)
+
+    sampler = BatchSampler(dataset.x_train.shape[0], config.batch_size, device, config.seed)
+    # Data-dependent init on 500 random training images, as the reference (paper-notes §1.8).
+    init_idx = torch.randperm(dataset.x_train.shape[0], generator=torch.Generator().manual_seed(config.seed))
+    x_init = dataset.to_float(dataset.x_train[init_idx[:500].to(device)])
+    initialize_from_data(models, x_init, sample_z(x_init.shape[0], models.z_dim, models.z_dist, device))
+
+    g_params = [p for p in models.generator.parameters() if p.requires_grad]
+    d_params = [p for p in models.discriminator.parameters() if p.requires_grad]
+    adam = dict(lr=config.lr, betas=(config.beta1, config.beta2))
+    run = Run(config=config, pm=pm, dataset=dataset, model_def=model_def, models=models,
+              opt_g=torch.optim.Adam(g_params, **adam), opt_d=torch.optim.Adam(d_params, **adam),
+              sampler=sampler, device=device, run_dir=run_dir or Path("."), d_trainable=d_params)
+    run.targets = pm.hook.igan_label_targets(config=config) or LabelTargets()
+    fixed = torch.Generator().manual_seed(config.seed + 1)
+    run.fixed_z = sample_z(64, models.z_dim, models.z_dist, "cpu", generator=fixed).to(device)
+    return run
+
+
+# ----------------------------------------------------------------------------------------------
+# the step
+
+
+def _extra_terms(step: Step, net: str) -> torch.Tensor | float:
+    total: torch.Tensor | float = 0.0
+    for terms in step.run.pm.hook.igan_extra_loss(step=step, net=net):
+        for name, value in (terms or {}).items():
+            step.log(f"loss/{net}/{name}", value)
+            total = total + value
+    return total
+
+
+def train_step(run: Run) -> dict[str, torch.Tensor]:
+    """One D update then ``g_steps`` G updates. Returns the step's logged scalars (device tensors)."""
+    hook = run.pm.hook
+    G, D = run.generator, run.discriminator
+    batch: Batch = run.sampler.next()
+    n = run.config.batch_size
+
+    z = run.sample_z(n)
+    fake = G(z)  # kept with its graph: the first G update reuses it (G is unchanged by D's update)
+    x_real = run.data(batch.unlabeled)
+    step = Step(run=run, it=run.step, x_real=x_real, z=z, fake=fake,
+                d_real=D(x_real), d_fake=D(fake.detach()))
+    if batch.labeled is not None:
+        step.x_lab = run.data(batch.labeled)
+        step.y_lab = run.dataset.y_train[batch.labeled]
+        step.d_lab = D(step.x_lab)
+
+    # ---- discriminator -----------------------------------------------------------------------
+    loss_d = hook.igan_discriminator_loss(step=step) + _extra_terms(step, "D")
+    run.opt_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    run.opt_d.step()
+    with torch.no_grad():
+        hook.igan_after_optimizer_step(step=step, net="D")
+    step.log("loss/D", loss_d)
+
+    # ---- generator ---------------------------------------------------------------------------
+    # D's parameters are frozen here so G's backward pass does no weight-gradient work for D.
+    for p in run.d_trainable:
+        p.requires_grad_(False)
+    try:
+        step.net = "G"
+        if batch.generator_real is not None:
+            with torch.no_grad():  # only its (detached) features are used
+                step.d_real_g = D(run.data(batch.generator_real))
+        else:
+            step.d_real_g = step.d_real
+        for k in range(run.config.g_steps):
+            if k > 0:
+                step.z = run.sample_z(n)
+                step.fake = G(step.z)
+            step.d_fake = D(step.fake)
+            loss_g = hook.igan_generator_loss(step=step) + _extra_terms(step, "G")
+            run.opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            run.opt_g.step()
+            with torch.no_grad():
+                hook.igan_after_optimizer_step(step=step, net="G")
+        step.log("loss/G", loss_g)
+    finally:
+        for p in run.d_trainable:
+            p.requires_grad_(True)
+    return step.logs
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints of a run
+
+
+def run_state(run: Run) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    tensors.update({f"G.{k}": v for k, v in run.generator.state_dict().items()})
+    tensors.update({f"D.{k}": v for k, v in run.discriminator.state_dict().items()})
+    opt_g, groups_g = flatten_optimizer(run.opt_g, "opt_G")
+    opt_d, groups_d = flatten_optimizer(run.opt_d, "opt_D")
+    tensors.update(opt_g)
+    tensors.update(opt_d)
+    tensors.update({f"sampler.{k}": v for k, v in run.sampler.state_dict().items()})
+    tensors["rng.torch"] = torch.get_rng_state()
+    if run.device.type == "cuda":
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(run.device)
+    for impl in run.pm.hook.igan_checkpoint_tensors.get_hookimpls():
+        extra = impl.function(**_args(impl, run=run)) or {}
+        tensors.update({f"plugin.{impl.plugin_name}.{k}": v for k, v in extra.items()})
+    infos = getattr(run.pm, "igan_infos", {})
+    meta = {"igan_version": __version__, "config": json.loads(run.config.to_json()),
+            "plugins": {name: info.version for name, info in infos.items() if info.error is None},
+            "model": {"name": run.config.model, "kwargs": run.config.model_kwargs},
+            "opt_groups": {"G": groups_g, "D": groups_d}, "step": run.step, "epoch": run.epoch,
+            "data": {"name": run.dataset.name, "image_shape": list(run.dataset.image_shape),
+                     "scale": run.dataset.scale, "shift": run.dataset.shift, "max_value": run.dataset.max_value,
+                     "num_classes": run.dataset.num_classes}}
+    return tensors, meta
+
+
+def _args(impl: pluggy.HookImpl, **available: Any) -> dict[str, Any]:
+    return {k: v for k, v in available.items() if k in impl.argnames}
+
+
+def save_run(run: Run, path: Path | None = None) -> Path:
+    path = path or run.run_dir / "checkpoints" / "last.safetensors"
+    tensors, meta = run_state(run)
+    try:
+        save_checkpoint(path, tensors, meta)
+    except OSError as exc:
+        raise IganError(f"could not write checkpoint {path}: {exc.strerror or exc}",
+                        hint="free disk space or make the run directory writable; the previous checkpoint "
+                             "is intact") from exc
+    return path
+
+
+def check_compatible(config: RunConfig, meta: dict[str, Any], path: Path) -> None:
+    saved = RunConfig.from_dict(meta["config"])
+    if saved.model != config.model or saved.model_kwargs != config.model_kwargs:
+        raise IganError(f"{path} was made with model {saved.model} {saved.model_kwargs}, this run uses "
+                        f"{config.model} {config.model_kwargs}", hint="resume with the settings the checkpoint was made with")
+    diff = {k: (saved.options.get(k), v) for k, v in config.options.items() if saved.options.get(k) != v}
+    if diff:
+        shown = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
+        raise IganError(f"{path} was made with another technique set ({shown})",
+                        hint="resume with the technique flags the checkpoint was made with")
+
+
+def restore_run(run: Run, path: Path) -> None:
+    tensors, meta = load_checkpoint(path, run.device)
+    check_compatible(run.config, meta, path)
+    try:
+        run.generator.load_state_dict(prefixed(tensors, "G"))
+        run.discriminator.load_state_dict(prefixed(tensors, "D"))
+    except RuntimeError as exc:
+        raise IganError(f"{path} does not fit this model: {str(exc).splitlines()[0]}",
+                        hint="the checkpoint was made with another architecture or technique set") from exc
+    groups = meta["opt_groups"]
+    unflatten_optimizer(run.opt_g, prefixed(tensors, "opt_G"), groups["G"])
+    unflatten_optimizer(run.opt_d, prefixed(tensors, "opt_D"), groups["D"])
+    run.sampler.load_state_dict(prefixed(tensors, "sampler"))
+    torch.set_rng_state(tensors["rng.torch"].cpu())
+    if "rng.cuda" in tensors and run.device.type == "cuda":
+        torch.cuda.set_rng_state(tensors["rng.cuda"].cpu(), run.device)
+    for impl in run.pm.hook.igan_restore_tensors.get_hookimpls():
+        own = prefixed(tensors, f"plugin.{impl.plugin_name}")
+        impl.function(**_args(impl, run=run, tensors=own))
+    run.step = int(meta["step"])
+
+
+# ----------------------------------------------------------------------------------------------
+# the loop
+
+
+class _MetricsLog:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.f = open(path, "a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.f.write(json.dumps(record) + "\n")
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def _check_finite(values: dict[str, float], step: int) -> None:
+    bad = [k for k, v in values.items() if not math.isfinite(v)]
+    if bad:
+        raise IganError(f"non-finite loss at step {step}: {', '.join(f'{k}={values[k]}' for k in bad)}",
+                        hint="the last good checkpoint is kept; lower --lr or check the technique settings")
+
+
+def fit(run: Run, resume: Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train to ``run.total_steps``; returns a summary. Writes checkpoints, samples and metrics."""
+    from igan.console import TrainProgress
+    from igan.images import make_grid, save_png
+
+    hook = run.pm.hook
+    hook.igan_train_start(run=run)
+    if resume is not None:
+        restore_run(run, resume)
+    total = run.total_steps
+    spe = run.steps_per_epoch
+    log_every = max(1, run.config.log_every)
+    metrics = _MetricsLog(run.run_dir / "metrics.jsonl")
+    acc: dict[str, torch.Tensor] = {}
+    n_acc = 0
+    last_values: dict[str, float] = {}
+    t0 = time.perf_counter()
+    start_step = run.step
+
+    def on_sigterm(signum, frame):  # noqa: ARG001
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if _main_thread() else None
+    try:
+        with TrainProgress(total, run.step) as bar:
+            while run.step < total:
+                logs = train_step(run)
+                run.step += 1
+                for k, v in logs.items():
+                    acc[k] = acc[k] + v if k in acc else v
+                n_acc += 1
+                end_of_epoch = run.step % spe == 0 or run.step == total
+                if run.step % log_every == 0 or end_of_epoch:
+                    # one host sync for all scalars of the interval (means over the interval)
+                    keys = list(acc)
+                    vals = torch.stack([acc[k] for k in keys]).div_(n_acc).tolist() if keys else []
+                    last_values = dict(zip(keys, vals))
+                    _check_finite(last_values, run.step)
+                    acc, n_acc = {}, 0
+                    metrics.write({"step": run.step, "epoch": run.step / spe, **last_values})
+                    if progress:
+                        bar.update(run.step, {**{k.split("/")[-1] if k.count("/") == 1 else k: v
+                                                 for k, v in last_values.items()}, **run.last_metrics})
+                if end_of_epoch:
+                    epoch = math.ceil(run.step / spe)
+                    found: dict[str, float] = {}
+                    for result in hook.igan_epoch_end(run=run, epoch=epoch):
+                        found.update(result or {})
+                    if found:
+                        run.last_metrics = found
+                        metrics.write({"step": run.step, "epoch": epoch, **found})
+                    images = run.generate(run.fixed_z.shape[0], run.fixed_z)
+                    save_png(make_grid(images), run.run_dir / "samples" / f"epoch_{epoch:04d}.png",
+                             upscale=4 if max(images.shape[-2:]) < 64 else 1)
+                    save_run(run)
+                elif run.config.checkpoint_every and run.step % run.config.checkpoint_every == 0:
+                    save_run(run)
+    except (KeyboardInterrupt, Terminated):
+        save_run(run)  # nothing lost: the interrupted run resumes from here
+        raise
+    finally:
+        metrics.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    hook.igan_train_end(run=run)
+    elapsed = time.perf_counter() - t0
+    return {"run_dir": str(run.run_dir), "checkpoint": str(run.run_dir / "checkpoints" / "last.safetensors"),
+            "steps": run.step, "epochs": run.step / spe, "seconds": round(elapsed, 3),
+            "steps_per_second": round((run.step - start_step) / max(elapsed, 1e-9), 2),
+            "losses": last_values, "metrics": run.last_metrics}
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread() and os.name == "posix"
