@@ -36,6 +36,7 @@ class RunConfig:
     g_loss: str = "ns"  # "ns" (non-saturating, -log D(G(z))) or "minimax" (log(1 - D(G(z))))
     log_every: int = 50
     checkpoint_every: int | None = None  # steps; default: once per epoch and at the end
+    num_classes: int | None = None  # set from the dataset when the run is built
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # architecture switches (wn, noise, ...)
     options: dict[str, Any] = field(default_factory=dict)  # plugin options, by option name
 

@@ -42,12 +42,19 @@ class Discriminator(nn.Module):
         self.trunk = trunk
         self.pre_out = pre_out if pre_out is not None else nn.Identity()
         self.mbd: nn.Module = nn.Identity()
+        self.head_in = feature_dim  # width of the head's input (grows with a minibatch layer)
         self.out = make_out(feature_dim, num_logits)
 
     def set_minibatch_layer(self, layer: nn.Module, out_features: int) -> None:
         """Insert a minibatch layer before the head; the head is rebuilt for its wider input."""
         self.mbd = layer
+        self.head_in = out_features
         self.out = self._make_out(out_features, self.num_logits)
+
+    def set_num_logits(self, k: int) -> None:
+        """Rebuild the head with K logits (the semi-supervised K+1 discriminator, fake logit fixed at 0)."""
+        self.num_logits = k
+        self.out = self._make_out(self.head_in, k)
 
     def forward(self, x: torch.Tensor) -> DOut:
         f = self.trunk(x)

@@ -205,6 +205,7 @@ def build_run(config: RunConfig, pm: pluggy.PluginManager, run_dir: Path | None 
     torch.manual_seed(config.seed)
     dataset, spec = load_dataset(pm, config.dataset, config.data_dir, config.download)
     dataset = dataset.to(device)
+    config.num_classes = dataset.num_classes
     models_by_name = model_registry(pm)
     config.model = config.model or spec.default_model
     if config.model not in models_by_name:
@@ -295,7 +296,7 @@ def train_step(run: Run) -> dict[str, torch.Tensor]:
             run.opt_g.step()
             with torch.no_grad():
                 hook.igan_after_optimizer_step(step=step, net="G")
-        step.log("loss/G", loss_g)
+            step.log("loss/G", loss_g)
     finally:
         for p in run.d_trainable:
             p.requires_grad_(True)

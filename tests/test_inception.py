@@ -98,7 +98,7 @@ def test_state_dict_layout_is_exactly_the_weights_file() -> None:
 
 def test_layout_spot_checks_by_hand() -> None:
     sd = InceptionV3TF().state_dict()
-    by_hand = {  # read off the TF graph's tensor shapes (HWIO there, OIHW here)
+    by_hand = {  # worked out from the block definitions: [out, in, kh, kw]
         "Conv2d_1a_3x3.conv.weight": (32, 3, 3, 3),
         "Conv2d_4a_3x3.conv.weight": (192, 80, 3, 3),
         "Mixed_5b.branch_pool.conv.weight": (32, 192, 1, 1),

@@ -274,15 +274,15 @@ class InceptionOutputs:
 def _exact_float32(device: torch.device) -> Iterator[None]:
     """Disable autocast and, on CUDA, TF32 convolutions/matmuls for the duration of a forward pass.
 
-    cuDNN runs float32 convolutions in TF32 by default on Ampere and newer GPUs, which changes the
-    pool_3 features in the fourth significant digit; the reference numbers are full float32.
+    cuDNN runs float32 convolutions in TF32 (10 mantissa bits) by default on Ampere and newer GPUs,
+    which perturbs every layer at about the 1e-3 relative level; the reference numbers are full float32.
     """
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch.autocast(device_type=device.type, enabled=False))
         if device.type == "cuda":
             conv = getattr(torch.backends.cudnn, "conv", None)
             if conv is not None and hasattr(torch.backends.cuda.matmul, "fp32_precision"):
-                # PyTorch >= 2.9: per-operator precision API (mixing it with allow_tf32 is an error).
+                # PyTorch >= 2.9: the per-operator precision API, which replaces allow_tf32.
                 saved = (conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision)
 
                 def restore() -> None:
