@@ -1,0 +1,133 @@
+"""Shared fixtures: run the CLI in-process or as a subprocess, and tiny training runs.
+
+Everything runs on the embedded ``digits`` set with a batch of 10 and a handful of steps, so a run
+takes about a second on a CPU. Every run directory lives under ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# Flags of a tiny CPU run; tests add --steps/--out and whatever they check.
+TINY = ["--batch-size", "10", "--device", "cpu", "--log-every", "1"]
+
+
+@pytest.fixture(autouse=True)
+def _clean_igan_env(monkeypatch):
+    """The developer's own IGAN_DEBUG / IGAN_DISABLE_PLUGINS must not change what the tests see."""
+    monkeypatch.delenv("IGAN_DEBUG", raising=False)
+    monkeypatch.delenv("IGAN_DISABLE_PLUGINS", raising=False)
+
+
+@pytest.fixture
+def run_cli(capsys, monkeypatch):
+    """``run_cli(args, env=None) -> (exit_code, stdout, stderr)``: ``igan.cli.main(args)`` in-process.
+
+    ``main`` always ends with ``sys.exit``; a return without it is a failure of its contract.
+    Help output is rendered wide (COLUMNS=200) so panel titles and flags are not wrapped.
+    """
+    from igan.cli import main
+
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setenv("NO_COLOR", "1")
+
+    def run(args, env=None):
+        for key, value in (env or {}).items():
+            monkeypatch.setenv(key, value)
+        capsys.readouterr()  # drop anything printed before
+        try:
+            main([str(a) for a in args])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        else:
+            raise AssertionError("igan.cli.main returned without calling sys.exit")
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+@pytest.fixture
+def train_cli(run_cli):
+    """``train_cli(out_dir, *flags, steps=2) -> (code, stdout, stderr)``: a tiny ``igan train``."""
+
+    def train(out_dir, *flags, steps=2):
+        return run_cli(["train", "--steps", str(steps), *TINY, "--out", str(out_dir), *flags])
+
+    return train
+
+
+def igan_subprocess(args, *, env=None, cwd=None, **popen_kwargs) -> subprocess.Popen:
+    """Start ``python -m igan ARGS`` with this interpreter (CI's virtualenv), SIGINT at its default.
+
+    A background job of a non-interactive shell inherits SIGINT as ignored, and Python then keeps it
+    ignored; resetting it in the child makes Ctrl-C tests independent of how pytest was started.
+    """
+    import signal
+
+    full_env = {**os.environ, "NO_COLOR": "1", **(env or {})}
+    full_env.pop("IGAN_DEBUG", None)
+    full_env.pop("IGAN_DISABLE_PLUGINS", None)
+    return subprocess.Popen([sys.executable, "-m", "igan", *[str(a) for a in args]], env=full_env, cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **popen_kwargs)
+
+
+def assert_clean_error(code: int, out: str, err: str, expected_code: int, *needles: str) -> None:
+    """A user error: the exit code, nothing on stdout, one ``error:`` and a ``hint:`` on stderr, no traceback,
+    and every ``needle`` (case-insensitive) in the error text."""
+    assert code == expected_code, f"exit {code} != {expected_code}\nstderr:\n{err}"
+    assert out == "", f"stdout must carry only data, got {out!r}"
+    assert "Traceback" not in err, err
+    lines = err.splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1, err
+    assert any(line.startswith("hint: ") and len(line) > len("hint: ") for line in lines), err
+    idx = lines.index(errors[0])
+    text = "\n".join(lines[idx:idx + 2]).lower()
+    for needle in needles:
+        assert needle.lower() in text, f"{needle!r} not in {text!r}"
+
+
+_PANEL_TOP = re.compile(r"^\s*[╭+]─+ (?P<title>.+?) ─+[╮+]\s*$")
+
+
+def help_panels(text: str) -> dict[str, str]:
+    """Split rich ``--help`` output into {panel title: panel body}."""
+    panels: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        m = _PANEL_TOP.match(line)
+        if m:
+            current = panels.setdefault(m.group("title").strip(), [])
+        elif line.lstrip().startswith("╰"):
+            current = None
+        elif current is not None:
+            current.append(line)
+    return {title: "\n".join(body) for title, body in panels.items()}
+
+
+def flags_in(body: str) -> set[str]:
+    """The long flags that start an option row of a panel body (``--x`` and ``--x/--no-x``)."""
+    found = set()
+    for line in body.splitlines():
+        m = re.match(r"^[│|]\s+(?:\*\s+)?(--[a-z0-9-]+)(?:/(--[a-z0-9-]+))?", line)
+        if m:
+            found.update(f for f in m.groups() if f)
+    return found
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """One finished 2-step plain run, shared by tests that only read it (sample, checkpoint layout)."""
+    out = tmp_path_factory.mktemp("shared") / "run"
+    proc = igan_subprocess(["train", "--steps", "2", *TINY, "--out", out])
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    return out
