@@ -208,10 +208,30 @@ def main(argv: list[str] | None = None) -> None:
         else:
             if debug:
                 raise
-            error(f"{type(exc).__name__}: {exc}", hint="this looks like a bug in igan or a plugin; rerun with "
-                  "IGAN_DEBUG=1 for the traceback and report it")
+            culprit = _failing_hook(exc)
+            if culprit:
+                module, hook = culprit
+                error(f"plugin {module} failed in {hook}: {type(exc).__name__}: {exc}",
+                      hint=f"rerun with IGAN_DEBUG=1 for the traceback; report it to the plugin's authors or block "
+                           f"the plugin with IGAN_DISABLE_PLUGINS=<name> (names: `igan plugins`)")
+            else:
+                error(f"{type(exc).__name__}: {exc}", hint="this looks like a bug in igan; rerun with IGAN_DEBUG=1 "
+                      "for the traceback and report it")
             code = 1
     sys.exit(code)
+
+
+def _failing_hook(exc: BaseException) -> tuple[str, str] | None:
+    """(module, hook) of the innermost hook implementation on the traceback, if a hook raised."""
+    import traceback
+
+    found = None
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        name = frame.f_code.co_name
+        module = frame.f_globals.get("__name__", "?")
+        if name.startswith("igan_") and module != "igan.hookspecs":
+            found = (module, name)
+    return found
 
 
 def _usage_hint(exc: Exception) -> str:

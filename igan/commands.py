@@ -127,6 +127,8 @@ def plugins(as_json: Annotated[bool, typer.Option("--json", help="print JSON on 
 def register_builtin(app: typer.Typer, pms, parser, training_command) -> None:
     app.command("sample")(sample)
     app.command("plugins")(plugins)
+    from igan import evaluate
+    evaluate.register(app, pms)
     from igan import semisup_cli
 
     semisup_cli.register(app, pms, parser, training_command)

@@ -82,3 +82,24 @@ def igan_generator_loss(step):
     if step.config.g_loss == "minimax":  # the saturating loss of the reference MBD scripts
         return losses.generator_loss_minimax(fake_logit)
     return losses.generator_loss_nonsaturating(fake_logit, step.targets.generator)
+
+
+def _lazy_metric(module: str, func: str):
+    """Import a metric only when it is computed (keeps `igan --help` fast)."""
+
+    def metric(images, context):
+        import importlib
+
+        return getattr(importlib.import_module(module), func)(images, context)
+
+    return metric
+
+
+@hookimpl
+def igan_register_metrics(register):
+    register("is", _lazy_metric("igan.evaluate", "inception_score_metric"),
+             "Inception Score (TF Inception-v3; paper protocol: 50,000 samples, 10 splits)")
+    register("fid", _lazy_metric("igan.evaluate", "fid_metric"),
+             "Frechet Inception Distance to the real training images (statistics cached)")
+    register("classifier-score", _lazy_metric("igan.metrics.classifier", "classifier_score_metric"),
+             "offline score with igan's own digit classifier (digits, mnist), real-data reference beside it")

@@ -15,7 +15,8 @@ Order within one training step (``igan.train.train_step`` is the only caller of 
 and around the loop (``igan.train.fit``)::
 
     igan_configure -> igan_modify_models -> [data-dependent init] -> igan_train_start
-        -> igan_label_targets -> (steps ...) -> igan_epoch_end at each epoch end -> igan_train_end
+        -> igan_label_targets -> (steps ...; igan_log at logging points)
+        -> igan_epoch_end at each epoch end (then igan_log) -> igan_train_end
 
 ``igan_checkpoint_tensors`` fires whenever a checkpoint is written, ``igan_restore_tensors`` when one
 is loaded (after ``igan_train_start``).
@@ -177,6 +178,16 @@ def igan_epoch_end(run: Run, epoch: int) -> dict[str, float] | None:
 
     Fires after each completed epoch (and at the end of training if the last epoch was partial).
     Metrics go to ``metrics.jsonl`` and the progress display.
+    """
+
+
+@hookspec
+def igan_log(run: Run, step: int, values: dict[str, float]) -> None:
+    """Receive logged scalars (host floats) as they are written to ``metrics.jsonl``.
+
+    Fires at every logging point (``--log-every`` steps and each epoch end: loss means over the interval,
+    keys like ``loss/D``, ``loss/G/ha``) and after ``igan_epoch_end`` with the metrics it returned. For
+    loggers such as TensorBoard; must not change the run. Return nothing.
     """
 
 

@@ -9,6 +9,7 @@ Table 1 (test errors, mean ± std). On the embedded digits set the supervised-on
 from __future__ import annotations
 
 import copy
+import json
 import inspect
 import statistics
 from typing import Annotated, Any, Optional
@@ -58,6 +59,7 @@ def run_semisup(config, pms, seeds: int = 1, baseline: bool | None = None) -> di
         result["baseline"] = run_semisup(cfg, pms, seeds, baseline=False)
     if not config.opt("supervised_only"):
         _print_table(result, n_test, stderr)
+    (base_dir / "semisup.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 

@@ -447,6 +447,7 @@ def fit(run: Run, resume: Path | None = None, progress: bool = True) -> dict[str
                     _check_finite(last_values, run.step)
                     acc, n_acc = {}, 0
                     metrics.write({"step": run.step, "epoch": run.step / spe, **last_values})
+                    hook.igan_log(run=run, step=run.step, values=last_values)
                     if progress:
                         bar.update(run.step, {**{k.split("/")[-1] if k.count("/") == 1 else k: v
                                                  for k, v in last_values.items()}, **run.last_metrics})
@@ -458,6 +459,7 @@ def fit(run: Run, resume: Path | None = None, progress: bool = True) -> dict[str
                     if found:
                         run.last_metrics = found
                         metrics.write({"step": run.step, "epoch": epoch, **found})
+                        hook.igan_log(run=run, step=run.step, values=found)
                     images = run.generate(run.fixed_z.shape[0], run.fixed_z)
                     save_png(make_grid(images), run.run_dir / "samples" / f"epoch_{epoch:04d}.png",
                              upscale=4 if max(images.shape[-2:]) < 64 else 1)
@@ -473,10 +475,12 @@ def fit(run: Run, resume: Path | None = None, progress: bool = True) -> dict[str
             signal.signal(signal.SIGTERM, previous)
     hook.igan_train_end(run=run)
     elapsed = time.perf_counter() - t0
-    return {"run_dir": str(run.run_dir), "checkpoint": str(run.run_dir / "checkpoints" / "last.safetensors"),
+    summary = {"run_dir": str(run.run_dir), "checkpoint": str(run.run_dir / "checkpoints" / "last.safetensors"),
             "steps": run.step, "epochs": run.step / spe, "seconds": round(elapsed, 3),
             "steps_per_second": round((run.step - start_step) / max(elapsed, 1e-9), 2),
             "losses": last_values, "metrics": run.last_metrics}
+    (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
 
 
 def _main_thread() -> bool:

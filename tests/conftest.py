@@ -114,20 +114,22 @@ def help_panels(text: str) -> dict[str, str]:
 
 
 def flags_in(body: str) -> set[str]:
-    """The long flags that start an option row of a panel body (``--x`` and ``--x/--no-x``)."""
+    """The long flags of a panel body's option rows (``--x`` and both halves of ``--x/--no-x``)."""
     found = set()
     for line in body.splitlines():
-        m = re.match(r"^[│|]\s+(?:\*\s+)?(--[a-z0-9-]+)(?:/(--[a-z0-9-]+))?", line)
-        if m:
-            found.update(f for f in m.groups() if f)
+        row = line.strip().lstrip("│|").strip()
+        if row.startswith(("--", "* --")):
+            found.update(re.findall(r"(?<![\w-])--[a-z0-9][a-z0-9-]*", row.split("<", 1)[0]))
     return found
 
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
     """One finished 2-step plain run, shared by tests that only read it (sample, checkpoint layout)."""
+    from igan.cli import main
+
     out = tmp_path_factory.mktemp("shared") / "run"
-    proc = igan_subprocess(["train", "--steps", "2", *TINY, "--out", out])
-    stdout, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 0, stderr
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--steps", "2", *TINY, "--out", str(out)])
+    assert exit_info.value.code == 0
     return out

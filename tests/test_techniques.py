@@ -36,6 +36,15 @@ SUBSETS = [c for r in range(len(TECHNIQUES) + 1) for c in itertools.combinations
 # helpers
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The runs are tiny: one intra-op thread is faster than two, above all on a shared 2-core box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def cli_config(tmp_path: Path, command: str = "train", *, steps: int = 2, batch_size: int = 10,
                g_steps: int = 1, g_loss: str = "ns", seed: int = 0, **options) -> RunConfig:
     """A RunConfig built the way the CLI builds it: every plugin option at its declared default
@@ -211,7 +220,21 @@ class LossSpy:
     def __init__(self) -> None:
         self.seen: list[dict] = []
         self.current: dict = {}
+        self.main: dict[str, float] = {}
         self.counts = {"D": 0, "G": 0}
+
+    # Wrappers see the result of the firstresult loss hooks: the main loss of each update.
+    @hookimpl(wrapper=True)
+    def igan_discriminator_loss(self, step):
+        loss = yield
+        self.main["D"] = float(loss.detach())
+        return loss
+
+    @hookimpl(wrapper=True)
+    def igan_generator_loss(self, step):
+        loss = yield
+        self.main["G"] = float(loss.detach())
+        return loss
 
     @hookimpl
     def igan_extra_loss(self, step, net):
@@ -225,7 +248,8 @@ class LossSpy:
     def igan_after_optimizer_step(self, step, net):
         self.counts[net] += 1
         assert self.current["net"] == net
-        self.seen.append({**self.current, "logs": {k: float(v) for k, v in step.logs.items()}})
+        self.seen.append({**self.current, "loss": self.main[net],
+                          "logs": {k: float(v) for k, v in step.logs.items()}})
 
 
 @pytest.mark.parametrize("g_target", ["one", "half"])
@@ -244,12 +268,12 @@ def test_label_smoothing_targets_and_losses(tmp_path: Path, g_target: str) -> No
         assert s["real_logits"].shape[1] == 1  # a plain GAN: the logit is D's only output
         real, fake = s["real_logits"][:, 0], s["fake_logits"][:, 0]
         by_hand = bce(real, alpha) + bce(fake, 0.0)  # real target alpha, fake target stays 0
-        assert s["logs"]["loss/D"] == pytest.approx(float(by_hand), rel=1e-5)
+        assert s["loss"] == pytest.approx(float(by_hand), rel=1e-5)
         unsmoothed = bce(real, 1.0) + bce(fake, 0.0)
         assert float(unsmoothed) != pytest.approx(float(by_hand), rel=1e-3)  # the check can tell
     for s in g_updates:
         by_hand = bce(s["fake_logits"][:, 0], expected_g)
-        assert s["logs"]["loss/G"] == pytest.approx(float(by_hand), rel=1e-5)
+        assert s["loss"] == pytest.approx(float(by_hand), rel=1e-5)
 
 
 def test_no_label_smoothing_targets(tmp_path: Path) -> None:
@@ -296,7 +320,7 @@ def test_feature_matching_loss(tmp_path: Path, norm: str | None) -> None:
         diff = s["real_features"].double().mean(0) - s["fake_features"].double().mean(0)
         by_hand = diff.abs().mean() if norm == "l1" else diff.square().mean()
         other = diff.square().mean() if norm == "l1" else diff.abs().mean()
-        assert s["logs"]["loss/G"] == pytest.approx(float(by_hand), rel=1e-5)
+        assert s["loss"] == pytest.approx(float(by_hand), rel=1e-5)
         assert s["logs"]["fm"] == pytest.approx(float(by_hand), rel=1e-5)
         assert float(other) != pytest.approx(float(by_hand), rel=1e-3)
     assert len(spy.leaves) == 2 and all(leaf.grad is None for leaf in spy.leaves)  # real side detached
@@ -348,7 +372,7 @@ def test_minibatch_discrimination_layer_and_init(tmp_path: Path) -> None:
         o_uninit = uninit(f)[:, a:]
     assert o.mean(0).abs().mean() < 0.1 * o_uninit.mean(0).abs().mean()
     assert o.mean(0).abs().mean() < 0.25 * o.std(0).mean() + 1e-3
-    assert 1.5 < float(nn_dist) < 2.5
+    assert 1.7 < float(nn_dist) < 2.3
 
 
 # ----------------------------------------------------------------------------------------------
@@ -432,7 +456,7 @@ def test_minimax_loss_with_three_generator_steps(tmp_path: Path) -> None:
     for s in g_updates:
         d = torch.sigmoid(s["fake_logits"][:, 0].double())
         by_hand = torch.log1p(-d).mean()  # mean log(1 - D(G(z))): the saturating minimax loss
-        assert s["logs"]["loss/G"] == pytest.approx(float(by_hand), rel=1e-5)
+        assert s["loss"] == pytest.approx(float(by_hand), rel=1e-5)
     for first, *rest in (g_updates[0:3], g_updates[3:6]):  # a fresh z for every G update
         assert all(not torch.equal(first["z"], s["z"]) for s in rest)
         assert not torch.equal(rest[0]["z"], rest[1]["z"])

@@ -1,0 +1,594 @@
+"""``igan evaluate``: score a checkpoint's samples, an .npz of images or a folder of PNGs.
+
+Metrics come from a registry that plugins extend (``igan_register_metrics(register)`` with
+``register(name, fn, help)``); the built-in ones are registered by ``igan.defaults``:
+
+* ``is``: the Inception Score (Inception-v3 of the TF graph, ``logits_unbiased``), paper protocol
+  (50,000 samples, 10 splits);
+* ``fid``: FID against the real training images of the dataset; the real statistics are cached;
+* ``classifier-score``: the offline digit-classifier score (``igan.metrics.classifier``), with the
+  real-data reference values;
+
+and ``error`` is handled here: the test error of a semi-supervised checkpoint's discriminator (its
+moving average, as during training). A metric function is ``fn(images_uint8 [N, C, H, W], context) ->
+dict`` with at least ``mean`` (and ``std`` where defined); ``context`` is described in
+:func:`make_context`. See docs/metrics.md ("igan evaluate").
+"""
+
+import copy
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import torch
+import typer
+
+from igan.errors import IganError, UsageError
+
+__all__ = ["Metric", "metric_registry", "read_npz", "read_png_folder", "load_images", "run_evaluate",
+           "checkpoint_test_error", "inception_score_metric", "fid_metric", "register", "DEFAULT_N",
+           "ERROR_METRIC"]
+
+ERROR_METRIC = "error"
+DEFAULT_N = {"is": 50_000, "fid": 50_000, "classifier-score": 10_000}
+PLUGIN_DEFAULT_N = 50_000
+USES_SPLITS = {"is", "classifier-score"}  # built-ins whose result depends on --splits
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    fn: Callable[..., dict]
+    help: str = ""
+    plugin: str = ""
+
+
+def metric_registry(pm) -> dict[str, Metric]:
+    """Every metric the plugins register, by name (``error`` is reserved for the command itself)."""
+    metrics: dict[str, Metric] = {}
+    for impl in pm.hook.igan_register_metrics.get_hookimpls():
+
+        def register(name: str, fn: Callable[..., dict], help: str = "", _plugin: str = impl.plugin_name) -> None:
+            if not isinstance(name, str) or not name or not callable(fn):
+                raise IganError(f"plugin {_plugin!r} registered an invalid metric ({name!r}, {fn!r})",
+                                hint="call register(name, fn, help) with a string name and a function")
+            if name == ERROR_METRIC:
+                raise IganError(f"plugin {_plugin!r} registers a metric named {name!r}, which igan reserves",
+                                hint="choose another name for the metric")
+            if name in metrics:
+                raise IganError(f"metric {name!r} is registered twice (by {metrics[name].plugin!r} and "
+                                f"{_plugin!r})", hint="two plugins provide the same metric name; disable one")
+            metrics[name] = Metric(name, fn, help, _plugin)
+
+        impl.function(register=register)
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------------
+# Inputs
+
+
+def _check_nchw(images: torch.Tensor, source: str) -> torch.Tensor:
+    if images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise IganError(f"{source}: expected images of shape [N, H, W, C] with C 1 or 3, got "
+                        f"{list(images.permute(0, 2, 3, 1).shape) if images.dim() == 4 else list(images.shape)}",
+                        hint="store uint8 images as an NHWC array (grey images with C = 1)")
+    return images
+
+
+def read_npz(path: Path) -> torch.Tensor:
+    """uint8 NCHW images from the ``images`` array (uint8 NHWC, C 1 or 3) of an .npz file."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "images" not in data.files:
+                raise IganError(f"{path} has no array named 'images' (it holds: "
+                                f"{', '.join(data.files) or 'nothing'})",
+                                hint="save the images with np.savez(path, images=uint8 NHWC array), as "
+                                     "`igan sample -o x.npz` does")
+            arr = data["images"]
+    except IganError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - zipfile/pickle/format errors of a damaged file
+        raise IganError(f"{path} is not a readable .npz file ({type(exc).__name__}: {exc})",
+                        hint="write it with numpy.savez or `igan sample -o x.npz`") from exc
+    if arr.dtype != np.uint8:
+        raise IganError(f"{path}: 'images' has dtype {arr.dtype}, expected uint8",
+                        hint="convert to uint8 pixels in [0, 255] first, e.g. "
+                             "(x * 255).round().clip(0, 255).astype(np.uint8) for floats in [0, 1]")
+    if arr.ndim != 4 or arr.shape[-1] not in (1, 3):
+        raise IganError(f"{path}: 'images' has shape {list(arr.shape)}, expected [N, H, W, C] with C 1 or 3",
+                        hint="store NHWC (channels last); grey images as [N, H, W, 1]")
+    if arr.shape[0] == 0:
+        raise IganError(f"{path}: 'images' holds no images", hint="write at least one image")
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).contiguous()
+
+
+def read_png_folder(path: Path, limit: int | None = None) -> torch.Tensor:
+    """uint8 NCHW images from the PNG files of a folder, in name order (grey PNGs give 1 channel)."""
+    import numpy as np
+    from PIL import Image
+
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".png")
+    if not files:
+        raise IganError(f"{path} holds no .png files", hint="write samples with `igan sample CKPT -n N -o DIR/`")
+    if limit is not None:
+        files = files[:limit]
+    arrays = []
+    for f in files:
+        try:
+            with Image.open(f) as img:
+                grey = img.mode in ("1", "L", "LA", "I", "I;16", "F") or (
+                    img.mode == "P" and "transparency" not in img.info and _palette_is_grey(img))
+                arr = np.asarray(img.convert("L" if grey else "RGB"))
+        except Exception as exc:  # noqa: BLE001 - Pillow raises several types for a bad file
+            raise IganError(f"{f} is not a readable PNG ({type(exc).__name__}: {exc})",
+                            hint="remove or replace the file") from exc
+        arr = arr[..., None] if arr.ndim == 2 else arr
+        if arrays and arr.shape != arrays[0].shape:
+            raise IganError(f"{f} has shape {list(arr.shape)} (H, W, C), but {files[0].name} has "
+                            f"{list(arrays[0].shape)}", hint="all images of a folder must have one size and "
+                                                              "channel count")
+        arrays.append(arr)
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def _palette_is_grey(img) -> bool:
+    pal = img.getpalette() or []
+    return all(pal[i] == pal[i + 1] == pal[i + 2] for i in range(0, len(pal) - 2, 3))
+
+
+@dataclass
+class Loaded:
+    images: torch.Tensor  # uint8 [N, C, H, W] on the CPU
+    kind: str  # "checkpoint", "npz" or "folder"
+    restored: Any = None  # igan.commands.Restored for a checkpoint
+
+
+def input_kind(path: Path) -> str:
+    if path.is_dir():
+        return "folder"
+    if not path.exists():
+        raise IganError(f"input not found: {path}",
+                        hint="pass a checkpoint (.safetensors), an .npz with uint8 NHWC `images`, or a folder "
+                             "of PNGs")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        return "checkpoint"
+    if suffix == ".npz":
+        return "npz"
+    raise UsageError(f"cannot evaluate {path}: not a .safetensors checkpoint, an .npz or a folder",
+                     hint="pass a checkpoint written by igan, an .npz with uint8 NHWC `images`, or a folder of "
+                          "PNGs (`igan sample` writes the last two)")
+
+
+def load_images(path: Path, kind: str, n: int | None, restored=None, seed: int = 0) -> torch.Tensor:
+    """The images to score: ``n`` samples of a checkpoint, or (the first ``n`` of) a file's images."""
+    from igan.console import info
+
+    if kind == "checkpoint":
+        assert n is not None
+        info(f"generating {n} samples from {path} (seed {seed}) ...")
+        return torch.cat(list(restored.generate(n, seed)))
+    images = read_npz(path) if kind == "npz" else read_png_folder(path, limit=n)
+    if n is not None:
+        if images.shape[0] < n:
+            raise UsageError(f"--n {n} asks for more images than {path} holds ({images.shape[0]})",
+                             hint="lower --n, or leave it out to score every image")
+        images = images[:n]
+    return images
+
+
+# --------------------------------------------------------------------------------------------------
+# Built-in metrics (registered in igan.defaults)
+
+
+def _rgb(images: torch.Tensor) -> torch.Tensor:
+    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+
+
+def _inception_batch(device: torch.device) -> int:
+    return 200 if device.type == "cuda" else 50
+
+
+class _Progress:
+    """A rich progress bar on a terminal; silent otherwise (the table says what was done)."""
+
+    def __init__(self, description: str) -> None:
+        from igan.console import _plain, stderr
+
+        self.bar = None
+        if not _plain():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                console=stderr, transient=True)
+            self.task = self.bar.add_task(description, total=None)
+
+    def __enter__(self) -> "_Progress":
+        if self.bar is not None:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done, total=total)
+
+
+def _inception_pool_logits(model, images: torch.Tensor, device: torch.device, what: str):
+    from igan.metrics import inception_outputs
+
+    with _Progress(f"inception ({what})") as progress:
+        return inception_outputs(model, _rgb(images), batch_size=_inception_batch(device), device=device,
+                                 progress=progress)
+
+
+def _load_inception(context: dict[str, Any]):
+    from igan.metrics import load_inception
+
+    return load_inception(context.get("inception_weights"), download=bool(context.get("download")),
+                          device=context["device"])
+
+
+def inception_score_metric(images: torch.Tensor, context: dict[str, Any]) -> dict[str, Any]:
+    """``is``: Inception Score of uint8 images (grey repeated to RGB), ``inception_score(logits, splits)``."""
+    from igan.metrics import inception_score
+
+    splits = int(context.get("splits", 10))
+    model = _load_inception(context)
+    _, logits = _inception_pool_logits(model, images, context["device"], "samples")
+    mean, std = inception_score(logits, splits)
+    return {"mean": mean, "std": std}
+
+
+def _fid_cache_path(dataset: str, split: str, n: int, weights: Path) -> Path:
+    from igan.metrics.classifier import user_cache_dir
+
+    w = weights.resolve()
+    key = hashlib.sha256(f"{w}:{w.stat().st_size}".encode()).hexdigest()[:16]
+    name = f"{dataset}-{n}-{key}.npz" if split == "train" else f"{dataset}-{split}-{n}-{key}.npz"
+    return user_cache_dir() / "fid-stats" / name
+
+
+def _real_statistics(ds, split: str, n: int, weights: Path, model, device: torch.device):
+    """Mean and covariance of the pool features of ``n`` real images of a split, cached per weights file."""
+    import os
+    import tempfile
+
+    import numpy as np
+
+    from igan.console import warn
+    from igan.metrics import feature_statistics
+    from igan.metrics.classifier import dataset_uint8
+
+    path = _fid_cache_path(ds.name, split, n, weights)
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return torch.from_numpy(data["mu"]), torch.from_numpy(data["sigma"]), path
+        except Exception:  # noqa: BLE001 - a damaged cache file is recomputed
+            warn(f"the cached FID statistics {path} are unreadable; recomputing them")
+    x = ds.x_train if split == "train" else ds.x_test
+    # A fixed random subset: stored datasets may be sorted by class.
+    idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))[:n]
+    pool, _ = _inception_pool_logits(model, dataset_uint8(ds, x.cpu()[idx]), device, f"real {split}")
+    mu, sigma = feature_statistics(pool)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
+        os.close(fd)
+        try:
+            np.savez(tmp, mu=mu.numpy(), sigma=sigma.numpy())
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    except OSError as exc:
+        warn(f"could not cache the FID statistics at {path}: {exc.strerror or exc}",
+             hint="set XDG_CACHE_HOME to a writable folder")
+    return mu, sigma, path
+
+
+def fid_metric(images: torch.Tensor, context: dict[str, Any]) -> dict[str, Any]:
+    """``fid``: FID of uint8 images against (up to N) real training images; reference: real test vs train."""
+    from igan.datasets import load_dataset
+    from igan.metrics import feature_statistics, frechet_distance
+    from igan.metrics.inception import _resolve_weights
+
+    name = context.get("dataset")
+    if not name:
+        raise UsageError("FID compares with the real images of a dataset, and none is known for this input",
+                         hint="pass --dataset (e.g. --dataset cifar10 --data-dir DIR)")
+    if images.shape[0] < 2:
+        raise UsageError("FID needs at least 2 images (a covariance)", hint="use --n 2 or more")
+    device = context["device"]
+    weights = _resolve_weights(context.get("inception_weights"), bool(context.get("download")))
+    model = _load_inception({**context, "inception_weights": weights})
+    ds, _ = load_dataset(context["pm"], name, context.get("data_dir"), bool(context.get("download")))
+    pool, _ = _inception_pool_logits(model, images, device, "samples")
+    n_real = min(images.shape[0], ds.x_train.shape[0])
+    mu_r, sigma_r, cache = _real_statistics(ds, "train", n_real, weights, model, device)
+    fid = frechet_distance(*feature_statistics(pool), mu_r, sigma_r)
+    reference: dict[str, Any] = {"mean": None, "n": 0}
+    if ds.x_test is not None and ds.x_test.shape[0] >= 2:
+        n_test = min(images.shape[0], ds.x_test.shape[0])
+        mu_t, sigma_t, _ = _real_statistics(ds, "test", n_test, weights, model, device)
+        reference = {"mean": frechet_distance(mu_t, sigma_t, mu_r, sigma_r), "n": n_test}
+    return {"mean": fid, "std": None, "n_real": n_real, "reference": reference, "stats_cache": str(cache)}
+
+
+# --------------------------------------------------------------------------------------------------
+# The semi-supervised test error
+
+
+def checkpoint_test_error(restored, data_dir: str | None = None, download: bool = False, n: int | None = None,
+                          pm=None) -> dict[str, Any]:
+    """Test error of a semi-supervised checkpoint, with the EMA of D when the checkpoint holds it."""
+    from igan.checkpoint import prefixed
+    from igan.console import warn
+    from igan.datasets import load_dataset
+    from igan.techniques.semisup import test_errors
+
+    config = restored.config
+    if config.command != "semisup":
+        raise IganError(f"this checkpoint is of an unsupervised `igan {config.command}` run: its discriminator "
+                        "has no class logits to measure a test error with",
+                        hint="use a checkpoint of `igan semisup`, or a sample-quality metric "
+                             "(--metric classifier-score, is, fid)")
+    d = restored.models.discriminator
+    ema_state = prefixed(restored.tensors, "plugin.semisup.run.ema")
+    used_ema = bool(ema_state)
+    if used_ema:
+        d = copy.deepcopy(d)
+        try:
+            d.load_state_dict(ema_state)
+        except RuntimeError as exc:
+            raise IganError(f"the moving average of D in the checkpoint does not fit D: "
+                            f"{str(exc).splitlines()[0]}", hint="the checkpoint may be damaged") from exc
+    else:
+        warn("the checkpoint holds no moving average of D (plugin.semisup.run.ema.*); using D's own weights")
+    d.to(restored.device).eval()
+    pm = pm or _plugin_manager()
+    ds, _ = load_dataset(pm, config.dataset, data_dir or config.data_dir, download)
+    if ds.x_test is None:
+        raise IganError(f"dataset {config.dataset!r} has no test split", hint="use a dataset with a test split")
+    x, y = ds.x_test, ds.y_test
+    if n is not None:
+        x, y = x[:n], y[:n]
+    wrong = test_errors(d, x.to(restored.device), y.to(restored.device), ds.to_float)
+    total = int(x.shape[0])
+    return {"mean": wrong / total, "std": None, "test_error": wrong / total, "test_errors": wrong, "n": total,
+            "ema": used_ema, "dataset": config.dataset}
+
+
+# --------------------------------------------------------------------------------------------------
+# The command
+
+
+def _plugin_manager():
+    import igan.plugins
+
+    return igan.plugins.get_plugin_manager()
+
+
+def make_context(**values: Any) -> dict[str, Any]:
+    """What a metric function receives besides the images.
+
+    ``splits`` (int), ``n`` (number of images), ``device`` (torch.device), ``dataset`` (name or None),
+    ``data_dir`` (str or None), ``download`` (bool), ``inception_weights`` (path or None), ``retrain``
+    (bool), ``seed`` (int), ``pm`` (the plugin manager), ``input`` (the path scored), ``input_kind``
+    ("checkpoint", "npz", "folder"), ``config`` (the checkpoint's RunConfig or None).
+    """
+    return dict(values)
+
+
+def _float_or_none(value: Any) -> float | None:
+    if value is None:
+        return None
+    return float(value)
+
+
+def run_evaluate(input: Path, metric: str = "is", n: int | None = None, splits: int = 10,
+                 dataset: str | None = None, data_dir: Path | str | None = None,
+                 inception_weights: Path | str | None = None, download: bool = False, retrain: bool = False,
+                 device: str = "auto", seed: int = 0, pm=None) -> dict[str, Any]:
+    """Evaluate ``input`` with ``metric``; returns the JSON-ready result (see docs/metrics.md)."""
+    from igan.train import resolve_device
+
+    input = Path(input)
+    pm = pm or _plugin_manager()
+    registry = metric_registry(pm)
+    if metric != ERROR_METRIC and metric not in registry:
+        raise UsageError(f"unknown metric {metric!r}",
+                         hint=f"choose one of: {', '.join(sorted([*registry, ERROR_METRIC]))}")
+    if splits < 1:
+        raise UsageError(f"--splits must be at least 1, got {splits}", hint="the paper's protocol uses 10")
+    uses_splits = metric in USES_SPLITS or (metric in registry and metric not in DEFAULT_N)
+    if n is not None and uses_splits and n < splits:
+        raise UsageError(f"--n {n} is smaller than --splits {splits}: every split needs a sample",
+                         hint=f"use --n {splits} or more (the paper uses 50,000 samples in 10 splits)")
+    kind = input_kind(input)
+    dev = resolve_device(device)
+    restored = None
+    if kind == "checkpoint":
+        from igan.commands import restore_models
+
+        restored = restore_models(input, device, pm)
+        dataset = dataset or restored.config.dataset
+        data_dir = data_dir or restored.config.data_dir
+
+    base: dict[str, Any] = {"metric": metric, "input": str(input), "input_kind": kind}
+    if metric == ERROR_METRIC:
+        if restored is None:
+            raise UsageError(f"--metric error needs a checkpoint of `igan semisup`, not an {kind}",
+                             hint="pass checkpoints/last.safetensors of a semi-supervised run")
+        result = checkpoint_test_error(restored, str(data_dir) if data_dir else None, download, n, pm)
+        return {**base, "mean": result.pop("mean"), "std": None, "n": result.pop("n"), "splits": None, **result}
+
+    if kind == "checkpoint" and n is None:
+        n = DEFAULT_N.get(metric, PLUGIN_DEFAULT_N)
+    images = load_images(input, kind, n, restored, seed)
+    n_images = int(images.shape[0])
+    if uses_splits and n_images < splits:
+        raise UsageError(f"{input} holds {n_images} images, fewer than --splits {splits}",
+                         hint="score more images, or use fewer --splits")
+    context = make_context(splits=splits, n=n_images, device=dev, dataset=dataset,
+                           data_dir=str(data_dir) if data_dir else None, download=download,
+                           inception_weights=inception_weights, retrain=retrain, seed=seed, pm=pm,
+                           input=str(input), input_kind=kind, config=restored.config if restored else None)
+    with torch.autocast(device_type=dev.type, enabled=False):
+        out = registry[metric].fn(images, context)
+    if not isinstance(out, dict) or "mean" not in out:
+        raise IganError(f"metric {metric!r} returned {type(out).__name__}, not a dict with 'mean'",
+                        hint=f"fix the metric function of plugin {registry[metric].plugin!r}")
+    out = dict(out)
+    try:
+        mean, std = float(out.pop("mean")), _float_or_none(out.pop("std", None))
+    except (TypeError, ValueError) as exc:
+        raise IganError(f"metric {metric!r} returned a mean or std that is not a number ({exc})",
+                        hint=f"fix the metric function of plugin {registry[metric].plugin!r}") from exc
+    result = {**base, "mean": mean, "std": std, "n": n_images, "splits": splits if uses_splits else None,
+              "dataset": dataset}
+    if kind == "checkpoint":
+        result["seed"] = seed
+    result.update(out)
+    return result
+
+
+def _pm(value: float | None, std: float | None = None, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    text = f"{value:.{digits}f}"
+    return f"{text} ± {std:.{digits}f}" if std is not None else text
+
+
+def print_table(result: dict[str, Any], console=None) -> None:
+    """The result as a rich table on stderr (the model's numbers beside the real data's)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from igan.console import stderr
+
+    console = console or stderr
+    metric = result["metric"]
+    ref = result.get("reference") if isinstance(result.get("reference"), dict) else None
+    splits = "-" if result.get("splits") is None else str(result["splits"])
+    title = f"igan evaluate: {escape(result['input'])}"
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric")
+    table.add_column("model (mean ± std)" if metric != ERROR_METRIC else "value", justify="right")
+    table.add_column("n", justify="right")
+    table.add_column("splits", justify="right")
+    if ref is not None:
+        table.add_column("real data", justify="right")
+        table.add_column("real n", justify="right")
+    if metric == ERROR_METRIC:
+        table.add_row(f"test error{' (EMA of D)' if result.get('ema') else ' (D)'}",
+                      f"{100 * result['test_error']:.2f}% ({result['test_errors']} of {result['n']})",
+                      str(result["n"]), splits)
+    elif metric == "classifier-score":
+        ref = ref or {}
+        table.add_row("classifier score (higher is better)", _pm(result["mean"], result["std"]), str(result["n"]),
+                      splits, _pm(ref.get("mean"), ref.get("std")), str(ref.get("n", "-")))
+        table.add_row("Fréchet distance to test (lower)", _pm(result.get("fd")), str(result["n"]), "-",
+                      _pm(ref.get("fd")), f"{ref.get('n', '-')} vs {ref.get('n_train', '-')} train")
+    elif metric == "fid":
+        ref = ref or {}
+        table.add_row("FID (lower is better)", _pm(result["mean"]), f"{result['n']} vs {result.get('n_real')} train",
+                      splits, _pm(ref.get("mean")), f"{ref.get('n', '-')} test vs {result.get('n_real')} train")
+    else:
+        row = [escape(metric), _pm(result["mean"], result["std"]), str(result["n"]), splits]
+        if ref is not None:
+            row += [_pm(_maybe_float(ref.get("mean")), _maybe_float(ref.get("std"))), str(ref.get("n", "-"))]
+        table.add_row(*row)
+    console.print(table)
+    clf = result.get("classifier")
+    if isinstance(clf, dict) and clf.get("test_accuracy") is not None:
+        console.print(f"classifier test accuracy {100 * clf['test_accuracy']:.2f}% ({escape(clf['path'])})",
+                      markup=True)
+
+
+def _maybe_float(value: Any) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    return value
+
+
+def _metric_help(pm) -> tuple[str, str]:
+    """The --metric help and the command epilog (names and help of every registered metric)."""
+    from rich.markup import escape
+
+    try:
+        registry = metric_registry(pm)
+    except IganError:  # reported when `evaluate` runs; must not break the other commands
+        registry = {}
+    names = [*registry, ERROR_METRIC]
+    lines = [f"{escape(m.name)}: {escape(m.help)}" for m in registry.values()]
+    lines.append(f"{ERROR_METRIC}: test error of a semi-supervised checkpoint (EMA of D)")
+    return ", ".join(names), "Metrics:\n\n" + "\n\n".join(lines)
+
+
+def register(app: typer.Typer, pms) -> None:
+    """Add ``igan evaluate`` to the app; the metric list in its help comes from the plugins."""
+    names, epilog = _metric_help(pms.new())
+
+    def evaluate(
+        input: Annotated[Path, typer.Argument(
+            help="a checkpoint (.safetensors), an .npz with uint8 NHWC `images`, or a folder of PNGs",
+            show_default=False)],
+        metric: Annotated[str, typer.Option("--metric", help=f"one of: {names}")] = "is",
+        n: Annotated[Optional[int], typer.Option(
+            "-n", "--n", min=1, help="number of images (default: 50,000 for is/fid, 10,000 for classifier-score "
+                                     "from a checkpoint; every image of a file)")] = None,
+        splits: Annotated[int, typer.Option("--splits", min=1, help="splits of the IS formula")] = 10,
+        dataset: Annotated[Optional[str], typer.Option(
+            "--dataset", help="the real data (default: the checkpoint's; needed for fid/classifier-score of "
+                              "files)")] = None,
+        data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="folder holding the dataset's "
+                                                                            "files")] = None,
+        inception_weights: Annotated[Optional[Path], typer.Option(
+            "--inception-weights", help="pt_inception-2015-12-05-6726825d.pth (else $IGAN_INCEPTION_WEIGHTS, "
+                                        "then the torch hub cache)")] = None,
+        download: Annotated[bool, typer.Option("--download", help="fetch missing dataset files / Inception "
+                                                                  "weights (checksums verified)")] = False,
+        retrain: Annotated[bool, typer.Option("--retrain", help="retrain the cached classifier of "
+                                                                "classifier-score")] = False,
+        device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N")] = "auto",
+        seed: Annotated[int, typer.Option("--seed", help="noise seed of the samples of a checkpoint")] = 0,
+        as_json: Annotated[bool, typer.Option("--json", help="print one JSON object on stdout")] = False,
+    ) -> None:
+        """Score samples: Inception Score, FID, the offline classifier score, or a semi-supervised test error."""
+        result = _json_safe(run_evaluate(input, metric, n, splits, dataset, data_dir, inception_weights, download,
+                                         retrain, device, seed, pm=pms.new()))
+        print_table(result)
+        if as_json:
+            print(json.dumps(result))
+        else:
+            print(result["mean"])
+
+    app.command("evaluate", epilog=epilog,
+                help="Score samples: Inception Score, FID, the offline classifier score, or a "
+                     "semi-supervised test error. Example: igan evaluate runs/x/checkpoints/last.safetensors "
+                     "--metric classifier-score")(evaluate)

@@ -1,0 +1,419 @@
+"""The hook contract: which hooks fire, in which order, with which arguments, and what their results do.
+
+The order asserted here is the one documented in ``igan/hookspecs.py`` and ``igan/train.py`` (and
+``docs/hooks.md``). Every hook spec is covered by the spy test or by a ``test_hook_<name>`` test; the
+last test checks that, and that ``docs/hooks.md`` has a heading for every hook.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated
+
+import pytest
+import torch
+import typer
+
+import igan.plugins
+from igan import hookimpl, hookspecs
+from igan.checkpoint import load_checkpoint
+from igan.config import RunConfig
+from igan.errors import IganError
+from igan.plugins import get_plugin_manager
+from igan.train import build_run, fit, train_step
+
+from conftest import TINY, flags_in, help_panels
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The step and loop hooks the spy implements, in the order they first fire.
+SPY_HOOKS = [
+    "igan_configure", "igan_modify_models", "igan_train_start", "igan_label_targets",
+    "igan_discriminator_loss", "igan_extra_loss", "igan_after_optimizer_step", "igan_generator_loss",
+    "igan_epoch_end", "igan_checkpoint_tensors", "igan_train_end",
+]
+
+
+def make_run(run_dir: Path, *plugins: tuple[str, object], steps: int = 2, **config):
+    pm = get_plugin_manager(extra=list(plugins))
+    settings = {"dataset": "digits", "batch_size": 10, "device": "cpu", "log_every": 1, **config}
+    cfg = RunConfig(steps=steps, **settings)
+    return build_run(cfg, pm, run_dir)
+
+
+class Spy:
+    """Records every step/loop hook call; returns None everywhere, so the defaults do the work."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+        self.seen: dict[str, object] = {}
+
+    @hookimpl
+    def igan_configure(self, config, pm):
+        self.seen["pm"] = pm
+        self.seen["config"] = config
+        self.calls.append(("igan_configure",))
+
+    @hookimpl
+    def igan_modify_models(self, models, config):
+        self.seen["models"] = models
+        self.calls.append(("igan_modify_models",))
+
+    @hookimpl
+    def igan_train_start(self, run):
+        self.seen["run"] = run
+        self.calls.append(("igan_train_start",))
+
+    @hookimpl
+    def igan_label_targets(self, config):
+        self.calls.append(("igan_label_targets",))
+
+    @hookimpl
+    def igan_discriminator_loss(self, step):
+        self.calls.append(("igan_discriminator_loss", step.it))
+
+    @hookimpl
+    def igan_generator_loss(self, step):
+        self.calls.append(("igan_generator_loss", step.it))
+
+    @hookimpl
+    def igan_extra_loss(self, step, net):
+        assert step.net == net
+        self.calls.append(("igan_extra_loss", net, step.it))
+
+    @hookimpl
+    def igan_after_optimizer_step(self, step, net):
+        self.seen.setdefault("grad_enabled", set()).add(torch.is_grad_enabled())
+        self.calls.append(("igan_after_optimizer_step", net, step.it))
+
+    @hookimpl
+    def igan_epoch_end(self, run, epoch):
+        self.calls.append(("igan_epoch_end", epoch, run.step))
+
+    @hookimpl
+    def igan_checkpoint_tensors(self, run):
+        self.calls.append(("igan_checkpoint_tensors", run.step))
+
+    @hookimpl
+    def igan_train_end(self, run):
+        self.calls.append(("igan_train_end", run.step))
+
+
+def expected_step(it: int, g_steps: int = 1) -> list[tuple]:
+    calls = [("igan_discriminator_loss", it), ("igan_extra_loss", "D", it), ("igan_after_optimizer_step", "D", it)]
+    for _ in range(g_steps):
+        calls += [("igan_generator_loss", it), ("igan_extra_loss", "G", it), ("igan_after_optimizer_step", "G", it)]
+    return calls
+
+
+def test_spy_records_documented_hook_order(tmp_path):
+    spy = Spy()
+    run = make_run(tmp_path / "run", ("spy", spy), steps=2)
+    fit(run, progress=False)
+
+    expected = [("igan_configure",), ("igan_modify_models",), ("igan_train_start",), ("igan_label_targets",)]
+    expected += expected_step(0) + expected_step(1)
+    expected += [("igan_epoch_end", 1, 2), ("igan_checkpoint_tensors", 2), ("igan_train_end", 2)]
+    assert spy.calls == expected
+    # the spy implements exactly the hooks listed in SPY_HOOKS, all of them real specs
+    implemented = sorted(c.name for c in run.pm.get_hookcallers(spy))
+    assert implemented == sorted(SPY_HOOKS)
+    assert set(SPY_HOOKS) <= set(hookspecs.all_hook_names())
+    # arguments are the run's own objects
+    assert spy.seen["pm"] is run.pm
+    assert spy.seen["config"] is run.config
+    assert spy.seen["models"] is run.models
+    assert spy.seen["run"] is run
+    # igan_after_optimizer_step fires under torch.no_grad()
+    assert spy.seen["grad_enabled"] == {False}
+
+
+def test_spy_generator_hooks_repeat_g_steps_times(tmp_path):
+    spy = Spy()
+    run = make_run(tmp_path / "run", ("spy", spy), steps=1, g_steps=2)
+    fit(run, progress=False)
+    step_calls = [c for c in spy.calls if c[0] in ("igan_discriminator_loss", "igan_generator_loss",
+                                                    "igan_extra_loss", "igan_after_optimizer_step")]
+    assert step_calls == expected_step(0, g_steps=2)
+
+
+class ZeroLoss:
+    """Overrides one player's main loss with 0 * logits: gradients exist but are all zero."""
+
+    def __init__(self, net: str) -> None:
+        self.net = net
+        self.calls = 0
+
+    @hookimpl
+    def igan_discriminator_loss(self, step):
+        if self.net != "D":
+            return None
+        self.calls += 1
+        return 0.0 * (step.d_real.logits.sum() + step.d_fake.logits.sum())
+
+    @hookimpl
+    def igan_generator_loss(self, step):
+        if self.net != "G":
+            return None
+        self.calls += 1
+        return 0.0 * step.d_fake.logits.sum()
+
+
+def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("net", ["D", "G"])
+def test_firstresult_loss_override_is_what_the_step_uses(tmp_path, net):
+    # control: with the default losses one step changes both players
+    run = make_run(tmp_path / "plain", steps=1)
+    g0, d0 = _state(run.generator), _state(run.discriminator)
+    train_step(run)
+    assert not _same(g0, _state(run.generator))
+    assert not _same(d0, _state(run.discriminator))
+
+    # with a plugin's zero loss for `net`, that player's weights do not move; the other's still do
+    plugin = ZeroLoss(net)
+    run = make_run(tmp_path / "override", ("zero", plugin), steps=1)
+    g0, d0 = _state(run.generator), _state(run.discriminator)
+    logs = train_step(run)
+    assert plugin.calls == 1
+    assert float(logs[f"loss/{net}"]) == 0.0
+    assert _same(d0, _state(run.discriminator)) == (net == "D")
+    assert _same(g0, _state(run.generator)) == (net == "G")
+
+
+class Typo:
+    @hookimpl
+    def igan_generator_los(self, step):  # misspelt on purpose
+        return None
+
+
+def test_misspelt_hook_is_an_error_naming_plugin_and_function():
+    with pytest.raises(IganError) as info:
+        get_plugin_manager(extra=[("typo_plugin", Typo())])
+    message = str(info.value)
+    assert "typo_plugin" in message
+    assert "igan_generator_los" in message
+    assert info.value.hint
+
+
+def test_misspelt_hook_registered_during_configure_is_refused(tmp_path):
+    class Registers:
+        @hookimpl
+        def igan_configure(self, config, pm):
+            pm.register(Typo(), "registers.run")
+
+    with pytest.raises(IganError) as info:
+        make_run(tmp_path / "run", ("registers", Registers()), steps=1)
+    assert "registers.run" in str(info.value)
+    assert "igan_generator_los" in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------------
+# hooks outside the training step
+
+
+def _with_extra_plugins(monkeypatch, *plugins: tuple[str, object]) -> None:
+    """Make every plugin manager the CLI builds include ``plugins`` (as if they were installed)."""
+    real = igan.plugins.get_plugin_manager
+
+    def patched(**kwargs):
+        return real(**{**kwargs, "extra": [*kwargs.get("extra", ()), *plugins]})
+
+    monkeypatch.setattr(igan.plugins, "get_plugin_manager", patched)
+
+
+class OptionPlugin:
+    def __init__(self) -> None:
+        self.configured: list[dict] = []
+
+    @hookimpl
+    def igan_addoption(self, parser):
+        parser.add("spy_level", int, 3, min=0, help="how closely the spy watches")
+
+    @hookimpl
+    def igan_configure(self, config, pm):
+        self.configured.append(dict(config.options))
+
+
+def test_hook_igan_addoption(tmp_path, monkeypatch, run_cli):
+    from igan.options import collect_options
+
+    parser = collect_options(get_plugin_manager(extra=[("spy", OptionPlugin())]))
+    spec = parser.options["spy_level"]
+    assert spec.plugin == "spy"
+    assert spec.resolved_panel() == "Plugin: spy"
+    assert parser.options["mbd"].resolved_panel() == "Techniques"
+    assert parser.defaults("train")["spy_level"] == 3
+
+    plugin = OptionPlugin()
+    _with_extra_plugins(monkeypatch, ("spy", plugin))
+    code, out, err = run_cli(["train", "--help"])
+    assert code == 0, err
+    panels = help_panels(out)
+    assert "--spy-level" in flags_in(panels["Plugin: spy"])
+    assert "--spy-level" not in flags_in(panels["Techniques"])
+
+    code, out, err = run_cli(["train", "--steps", "1", *TINY, "--out", tmp_path / "run", "--spy-level", "7"])
+    assert code == 0, err
+    assert plugin.configured and all(opts["spy_level"] == 7 for opts in plugin.configured)
+
+
+def test_hook_igan_register_datasets(tmp_path):
+    from igan.datasets import DatasetSpec, dataset_registry
+    from igan.datasets.digits import load_digits
+
+    loaded: list[tuple] = []
+
+    def load_small(data_dir, download):
+        loaded.append((data_dir, download))
+        full = load_digits(None, False)
+        return replace(full, name="small_digits", x_train=full.x_train[:100], y_train=full.y_train[:100])
+
+    class Datasets:
+        @hookimpl
+        def igan_register_datasets(self, register):
+            register(DatasetSpec("small_digits", load_small, "digits_mlp", "100 digits"))
+
+    run = make_run(tmp_path / "run", ("datasets", Datasets()), steps=1, dataset="small_digits",
+                   data_dir=str(tmp_path / "data"))
+    assert loaded == [(tmp_path / "data", False)]
+    assert run.dataset.x_train.shape[0] == 100
+    assert run.steps_per_epoch == 10
+    train_step(run)
+
+    class Duplicate:
+        @hookimpl
+        def igan_register_datasets(self, register):
+            register(DatasetSpec("digits", load_small, "digits_mlp", "a second digits"))
+
+    with pytest.raises(IganError, match="digits"):
+        dataset_registry(get_plugin_manager(extra=[("dup", Duplicate())]))
+
+
+def test_hook_igan_register_models(tmp_path):
+    from igan.models import ModelDef, build_mlp
+    from igan.train import model_registry
+
+    class Models:
+        @hookimpl
+        def igan_register_models(self, register):
+            register(ModelDef("tiny_mlp", build_mlp, {"g_hidden": (16,), "d_hidden": (24,), "z_dim": 4},
+                              {"batch_size": 10, "lr": 0.001, "epochs": 1}, "a tiny pair"))
+
+    run = make_run(tmp_path / "run", ("models", Models()), steps=1, model="tiny_mlp", batch_size=None)
+    assert run.model_def.name == "tiny_mlp"
+    assert run.models.z_dim == 4
+    assert run.config.batch_size == 10 and run.config.lr == 0.001  # the entry's training defaults
+    train_step(run)
+
+    class Duplicate:
+        @hookimpl
+        def igan_register_models(self, register):
+            register(ModelDef("digits_mlp", build_mlp))
+
+    with pytest.raises(IganError, match="digits_mlp"):
+        model_registry(get_plugin_manager(extra=[("dup", Duplicate())]))
+
+
+def test_hook_igan_register_metrics(monkeypatch, run_cli):
+    # The spec: metrics registered here are offered by `igan evaluate` (its help lists them).
+    calls = []
+
+    class Metrics:
+        @hookimpl
+        def igan_register_metrics(self, register):
+            calls.append(register)
+            register("spy_metric", lambda images, context: {"mean": 0.0}, "a metric of the spy")
+
+    _with_extra_plugins(monkeypatch, ("metrics", Metrics()))
+    code, out, err = run_cli(["evaluate", "--help"])
+    assert code == 0, f"`igan evaluate` is missing: nothing calls igan_register_metrics\n{err}"
+    assert calls, "igan_register_metrics was never called"
+    assert "spy_metric" in out
+
+
+def test_hook_igan_register_commands(monkeypatch, run_cli):
+    class Commands:
+        @hookimpl
+        def igan_register_commands(self, register):
+            def hello(name: Annotated[str, typer.Option("--name", help="who to greet")] = "world") -> None:
+                """Greet someone."""
+                print(f"hello {name}")
+
+            register("hello", hello)
+
+    _with_extra_plugins(monkeypatch, ("commands", Commands()))
+    code, out, err = run_cli(["hello", "--name", "gan"])
+    assert (code, out) == (0, "hello gan\n"), err
+    code, out, err = run_cli(["--help"])
+    assert code == 0 and re.search(r"\bhello\b", out)
+
+
+class Counter:
+    """A stateful plugin: counts D updates, saves the count, restores it on resume."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.events: list = []
+
+    @hookimpl
+    def igan_train_start(self, run):
+        self.events.append("train_start")
+
+    @hookimpl
+    def igan_after_optimizer_step(self, step, net):
+        if net == "D":
+            if not self.events or self.events[-1] != "step":
+                self.events.append("step")
+            self.n += 1
+
+    @hookimpl
+    def igan_checkpoint_tensors(self, run):
+        return {"n": torch.tensor(self.n)}
+
+    @hookimpl
+    def igan_restore_tensors(self, run, tensors):
+        self.events.append(("restore", {k: int(v) for k, v in tensors.items()}))
+        self.n = int(tensors["n"])
+
+
+def test_hook_igan_restore_tensors(tmp_path):
+    first = Counter()
+    run = make_run(tmp_path / "run", ("counter", first), steps=2)
+    fit(run, progress=False)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.safetensors"
+    tensors, _ = load_checkpoint(ckpt)
+    assert int(tensors["plugin.counter.n"]) == 2  # checkpoint_tensors names are prefixed with the plugin
+
+    second = Counter()
+    run = make_run(tmp_path / "run", ("counter", second), steps=3)
+    fit(run, resume=ckpt, progress=False)
+    # restored after train_start and before the first step, with the names unprefixed
+    assert second.events == ["train_start", ("restore", {"n": 2}), "step"]
+    assert second.n == 3
+    tensors, _ = load_checkpoint(ckpt)
+    assert int(tensors["plugin.counter.n"]) == 3
+
+
+# ------------------------------------------------------------------------------------------------
+# every hook is documented and tested
+
+
+def test_every_hook_is_documented_and_tested():
+    names = hookspecs.all_hook_names()
+    assert len(names) >= 17 and all(n.startswith("igan_") for n in names)
+    docs = (REPO / "docs" / "hooks.md").read_text(encoding="utf-8")
+    headings = set(re.findall(r"^## (igan_\w+)\s*$", docs, flags=re.M))
+    assert not set(names) - headings, f"hooks without a heading in docs/hooks.md: {set(names) - headings}"
+    assert not headings - set(names), f"docs/hooks.md documents unknown hooks: {headings - set(names)}"
+    source = Path(__file__).read_text(encoding="utf-8")
+    untested = [n for n in names if n not in SPY_HOOKS and f"def test_hook_{n}(" not in source]
+    assert not untested, f"hooks without a test: {untested}"
