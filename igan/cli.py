@@ -96,15 +96,24 @@ def _run_dir(config) -> Path:
 
 def train_once(config, pm) -> dict[str, Any]:
     """Build, train and checkpoint one run; returns its summary."""
+    from igan.distributed import setup
     from igan.train import build_run, fit
 
+    dist, _ = setup(config.device)
     run_dir = _run_dir(config)
-    if config.resume is None and (run_dir / "checkpoints" / "last.safetensors").exists():
+    if dist.enabled:  # every rank must use rank 0's run directory (its name holds a timestamp)
+        import torch.distributed
+
+        shared = [str(run_dir)]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        run_dir = Path(shared[0])
+    if dist.is_main and config.resume is None and (run_dir / "checkpoints" / "last.safetensors").exists():
         raise UsageError(f"{run_dir} already holds a run", hint=f"use --resume {run_dir}/checkpoints/last.safetensors "
                          "to continue it, or another --out")
     run = build_run(config, pm, run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(json.loads(config.to_json()), indent=2) + "\n")
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(json.loads(config.to_json()), indent=2) + "\n")
     return fit(run, resume=Path(config.resume) if config.resume else None)
 
 
@@ -115,6 +124,8 @@ def _training_command(command: str, pm_factory: Callable, parser, doc: str) -> C
         config = make_config(command, values, parser)
         runner = pm_factory.runner(command)
         summary = runner(config, pm_factory)
+        if int(os.environ.get("RANK", "0")) != 0:  # one answer per job: rank 0's
+            return
         if as_json:
             print(json.dumps(summary))
         else:

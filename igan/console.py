@@ -49,10 +49,10 @@ def _fmt(values: Mapping[str, float]) -> str:
 class TrainProgress:
     """A rich progress bar on a terminal; periodic plain lines otherwise."""
 
-    def __init__(self, total: int, start: int = 0, description: str = "train") -> None:
-        self.total, self.start_step = total, start
+    def __init__(self, total: int, start: int = 0, description: str = "train", enabled: bool = True) -> None:
+        self.total, self.start_step, self.enabled = total, start, enabled
         self.t0 = time.perf_counter()
-        self.rich = None if _plain() else Progress(
+        self.rich = None if _plain() or not enabled else Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), TextColumn("{task.fields[stats]}"),
             console=stderr, transient=False)
@@ -69,6 +69,8 @@ class TrainProgress:
             self.rich.__exit__(*exc)
 
     def update(self, step: int, values: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
         elapsed = max(time.perf_counter() - self.t0, 1e-9)
         rate = (step - self.start_step) / elapsed
         if self.rich is not None:

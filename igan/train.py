@@ -37,6 +37,7 @@ from igan.checkpoint import (flatten_optimizer, load_checkpoint, prefixed, save_
                              unflatten_optimizer)
 from igan.config import RunConfig
 from igan.datasets import ImageDataset, load_dataset
+from igan.distributed import Dist
 from igan.errors import IganError, UsageError
 from igan.models import DOut, ModelDef, Models, initialize_from_data, sample_z
 from igan.sampler import Batch, BatchSampler
@@ -107,6 +108,13 @@ class Run:
     model_spec: dict[str, Any] = field(default_factory=dict)
     last_metrics: dict[str, float] = field(default_factory=dict)
     d_trainable: list[nn.Parameter] = field(default_factory=list)
+    dist: Dist = Dist()
+    g_exec: nn.Module | None = None  # what the step calls: the DDP wrappers when distributed
+    d_exec: nn.Module | None = None
+
+    def __post_init__(self) -> None:
+        self.g_exec = self.g_exec or self.models.generator
+        self.d_exec = self.d_exec or self.models.discriminator
 
     @property
     def generator(self) -> nn.Module:
@@ -201,8 +209,11 @@ def configure(pm: pluggy.PluginManager, config: RunConfig) -> None:
 
 
 def build_run(config: RunConfig, pm: pluggy.PluginManager, run_dir: Path | None = None) -> Run:
-    device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
+    from igan.distributed import setup
+
+    dist, device_name = setup(config.device)
+    device = resolve_device(device_name)
+    torch.manual_seed(config.seed)  # the same on every rank: identical initial weights
     dataset, spec = load_dataset(pm, config.dataset, config.data_dir, config.download)
     dataset = dataset.to(device)
     config.num_classes = dataset.num_classes
@@ -212,6 +223,9 @@ def build_run(config: RunConfig, pm: pluggy.PluginManager, run_dir: Path | None 
         raise UsageError(f"unknown model {config.model!r}", hint=f"choose one of: {', '.join(sorted(models_by_name))}")
     model_def = models_by_name[config.model]
     apply_model_defaults(config, model_def)
+    if config.batch_size % dist.world:
+        raise UsageError(f"--batch-size {config.batch_size} does not split evenly over {dist.world} processes",
+                         hint=f"use a multiple of {dist.world}; each process takes an equal shard of every batch")
     configure(pm, config)
     models = build_models(pm, config, model_def, dataset.image_shape, dataset.value_range)
     models.generator.to(device)
@@ -226,9 +240,20 @@ def build_run(config: RunConfig, pm: pluggy.PluginManager, run_dir: Path | None 
     g_params = [p for p in models.generator.parameters() if p.requires_grad]
     d_params = [p for p in models.discriminator.parameters() if p.requires_grad]
     adam = dict(lr=config.lr, betas=(config.beta1, config.beta2))
+    g_exec, d_exec = models.generator, models.discriminator
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [device.index] if device.type == "cuda" else None
+        # no buffers need syncing (G's batch norm keeps no running statistics), and syncing them before
+        # each of D's separate passes would break autograd (pytorch#175024)
+        g_exec = DDP(models.generator, device_ids=ids, forward_sync_buffers=False)
+        d_exec = DDP(models.discriminator, device_ids=ids, forward_sync_buffers=False)
+        torch.manual_seed(config.seed * 1009 + dist.rank)  # per-rank noise, derived from the run seed
     run = Run(config=config, pm=pm, dataset=dataset, model_def=model_def, models=models,
               opt_g=torch.optim.Adam(g_params, **adam), opt_d=torch.optim.Adam(d_params, **adam),
-              sampler=sampler, device=device, run_dir=run_dir or Path("."), d_trainable=d_params)
+              sampler=sampler, device=device, run_dir=run_dir or Path("."), d_trainable=d_params,
+              dist=dist, g_exec=g_exec, d_exec=d_exec)
     run.targets = pm.hook.igan_label_targets(config=config) or LabelTargets()
     fixed = torch.Generator().manual_seed(config.seed + 1)
     run.fixed_z = sample_z(64, models.z_dim, models.z_dist, "cpu", generator=fixed).to(device)
@@ -251,18 +276,20 @@ def _extra_terms(step: Step, net: str) -> torch.Tensor | float:
 def train_step(run: Run) -> dict[str, torch.Tensor]:
     """One D update then ``g_steps`` G updates. Returns the step's logged scalars (device tensors)."""
     hook = run.pm.hook
-    G, D = run.generator, run.discriminator
+    G, D = run.g_exec, run.d_exec
     batch: Batch = run.sampler.next()
-    n = run.config.batch_size
+    shard = run.dist.shard  # each process takes its own part of the global batch
+    n = run.config.batch_size // run.dist.world
 
     z = run.sample_z(n)
     fake = G(z)  # kept with its graph: the first G update reuses it (G is unchanged by D's update)
-    x_real = run.data(batch.unlabeled)
+    x_real = run.data(shard(batch.unlabeled))
     step = Step(run=run, it=run.step, x_real=x_real, z=z, fake=fake,
                 d_real=D(x_real), d_fake=D(fake.detach()))
     if batch.labeled is not None:
-        step.x_lab = run.data(batch.labeled)
-        step.y_lab = run.dataset.y_train[batch.labeled]
+        labeled = shard(batch.labeled)
+        step.x_lab = run.data(labeled)
+        step.y_lab = run.dataset.y_train[labeled]
         step.d_lab = D(step.x_lab)
 
     # ---- discriminator -----------------------------------------------------------------------
@@ -275,14 +302,16 @@ def train_step(run: Run) -> dict[str, torch.Tensor]:
     step.log("loss/D", loss_d)
 
     # ---- generator ---------------------------------------------------------------------------
-    # D's parameters are frozen here so G's backward pass does no weight-gradient work for D.
+    # D's parameters are frozen here so G's backward pass does no weight-gradient work for D; D is called
+    # unwrapped (no DDP) because none of its gradients are synchronised in this phase.
+    D = run.discriminator
     for p in run.d_trainable:
         p.requires_grad_(False)
     try:
         step.net = "G"
         if batch.generator_real is not None:
             with torch.no_grad():  # only its (detached) features are used
-                step.d_real_g = D(run.data(batch.generator_real))
+                step.d_real_g = D(run.data(shard(batch.generator_real)))
         else:
             step.d_real_g = step.d_real
         for k in range(run.config.g_steps):
@@ -338,7 +367,11 @@ def _args(impl: pluggy.HookImpl, **available: Any) -> dict[str, Any]:
 
 
 def save_run(run: Run, path: Path | None = None) -> Path:
+    """Write the run's checkpoint (rank 0 only; the other ranks wait at a barrier)."""
     path = path or run.run_dir / "checkpoints" / "last.safetensors"
+    if not run.dist.is_main:
+        run.dist.barrier()
+        return path
     tensors, meta = run_state(run)
     try:
         save_checkpoint(path, tensors, meta)
@@ -346,6 +379,7 @@ def save_run(run: Run, path: Path | None = None) -> Path:
         raise IganError(f"could not write checkpoint {path}: {exc.strerror or exc}",
                         hint="free disk space or make the run directory writable; the previous checkpoint "
                              "is intact") from exc
+    run.dist.barrier()
     return path
 
 
@@ -388,16 +422,22 @@ def restore_run(run: Run, path: Path) -> None:
 
 
 class _MetricsLog:
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.f = open(path, "a", encoding="utf-8")
+    """Appends JSON lines to metrics.jsonl (rank 0 only: other ranks get a log that writes nothing)."""
+
+    def __init__(self, path: Path, active: bool = True) -> None:
+        self.f = None
+        if active:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.f = open(path, "a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
-        self.f.write(json.dumps(record) + "\n")
-        self.f.flush()
+        if self.f is not None:
+            self.f.write(json.dumps(record) + "\n")
+            self.f.flush()
 
     def close(self) -> None:
-        self.f.close()
+        if self.f is not None:
+            self.f.close()
 
 
 def _check_finite(values: dict[str, float], step: int) -> None:
@@ -419,7 +459,8 @@ def fit(run: Run, resume: Path | None = None, progress: bool = True) -> dict[str
     total = run.total_steps
     spe = run.steps_per_epoch
     log_every = max(1, run.config.log_every)
-    metrics = _MetricsLog(run.run_dir / "metrics.jsonl")
+    main = run.dist.is_main
+    metrics = _MetricsLog(run.run_dir / "metrics.jsonl", active=main)
     acc: dict[str, torch.Tensor] = {}
     n_acc = 0
     last_values: dict[str, float] = {}
@@ -431,7 +472,7 @@ def fit(run: Run, resume: Path | None = None, progress: bool = True) -> dict[str
 
     previous = signal.signal(signal.SIGTERM, on_sigterm) if _main_thread() else None
     try:
-        with TrainProgress(total, run.step) as bar:
+        with TrainProgress(total, run.step, enabled=progress and main) as bar:
             while run.step < total:
                 logs = train_step(run)
                 run.step += 1
@@ -442,14 +483,17 @@ def fit(run: Run, resume: Path | None = None, progress: bool = True) -> dict[str
                 if run.step % log_every == 0 or end_of_epoch:
                     # one host sync for all scalars of the interval (means over the interval)
                     keys = list(acc)
-                    vals = torch.stack([acc[k] for k in keys]).div_(n_acc).tolist() if keys else []
+                    if keys:
+                        stacked = run.dist.sum(torch.stack([acc[k] for k in keys]))  # mean over ranks too
+                        vals = stacked.div_(n_acc * run.dist.world).tolist()
+                    else:
+                        vals = []
                     last_values = dict(zip(keys, vals))
                     _check_finite(last_values, run.step)
                     acc, n_acc = {}, 0
                     metrics.write({"step": run.step, "epoch": run.step / spe, **last_values})
                     hook.igan_log(run=run, step=run.step, values=last_values)
-                    if progress:
-                        bar.update(run.step, {**{k.split("/")[-1] if k.count("/") == 1 else k: v
+                    bar.update(run.step, {**{k.split("/")[-1] if k.count("/") == 1 else k: v
                                                  for k, v in last_values.items()}, **run.last_metrics})
                 if end_of_epoch:
                     epoch = math.ceil(run.step / spe)
@@ -460,9 +504,10 @@ def fit(run: Run, resume: Path | None = None, progress: bool = True) -> dict[str
                         run.last_metrics = found
                         metrics.write({"step": run.step, "epoch": epoch, **found})
                         hook.igan_log(run=run, step=run.step, values=found)
-                    images = run.generate(run.fixed_z.shape[0], run.fixed_z)
-                    save_png(make_grid(images), run.run_dir / "samples" / f"epoch_{epoch:04d}.png",
-                             upscale=4 if max(images.shape[-2:]) < 64 else 1)
+                    if main:
+                        images = run.generate(run.fixed_z.shape[0], run.fixed_z)
+                        save_png(make_grid(images), run.run_dir / "samples" / f"epoch_{epoch:04d}.png",
+                                 upscale=4 if max(images.shape[-2:]) < 64 else 1)
                     save_run(run)
                 elif run.config.checkpoint_every and run.step % run.config.checkpoint_every == 0:
                     save_run(run)
@@ -479,7 +524,8 @@ def fit(run: Run, resume: Path | None = None, progress: bool = True) -> dict[str
             "steps": run.step, "epochs": run.step / spe, "seconds": round(elapsed, 3),
             "steps_per_second": round((run.step - start_step) / max(elapsed, 1e-9), 2),
             "losses": last_values, "metrics": run.last_metrics}
-    (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if main:
+        (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 

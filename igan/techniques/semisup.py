@@ -144,8 +144,12 @@ class SemiSupervised:
     @hookimpl
     def igan_epoch_end(self, run, epoch):
         ds = run.dataset
-        wrong = test_errors(self.ema, ds.x_test, ds.y_test, ds.to_float)
-        return {"test_errors": wrong, "test_error": wrong / ds.x_test.shape[0]}
+        n = ds.x_test.shape[0]
+        per = -(-n // run.dist.world)  # each process scores its own part of the test set; counts are summed
+        lo, hi = run.dist.rank * per, min(n, (run.dist.rank + 1) * per)
+        wrong = torch.tensor(test_errors(self.ema, ds.x_test[lo:hi], ds.y_test[lo:hi], ds.to_float))
+        wrong = int(run.dist.sum(wrong.to(run.device)))
+        return {"test_errors": wrong, "test_error": wrong / n}
 
     @hookimpl
     def igan_checkpoint_tensors(self, run):

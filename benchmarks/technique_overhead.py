@@ -1,0 +1,154 @@
+"""What each technique adds to the cost of one training step (``igan.train.train_step``).
+
+The paper's MNIST pair (model ``mnist_mlp``: G 100-500-500-784, D 784-1000-500-250-250-250-1, weight
+norm, Gaussian noise in D) at batch 100, trained on synthetic MNIST-shaped data (random uint8
+[6000, 1, 28, 28] registered as dataset ``bench_mnist`` by a small extra plugin), so no files are needed.
+
+Method: one Run per configuration (plain GAN, then each technique alone), all built in this process
+with ``igan.train.build_run``. A warm-up round runs every configuration first; then, in each of
+``--rounds`` rounds, every configuration runs ``--steps`` consecutive steps (the order rotates from
+round to round, so slow phases of a shared machine hit every configuration alike) and its mean
+ms/step for the round is recorded. The table gives the median over the rounds and the ratio to the
+plain GAN's median (the targets apply to it), plus the fastest round and its ratio, which a busy
+shared machine disturbs less. ``torch.set_num_threads`` is left at PyTorch's default.
+
+    python benchmarks/technique_overhead.py                       # default: --steps 10 --rounds 11
+    python benchmarks/technique_overhead.py --device cuda --out benchmarks/results/gpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from igan.config import RunConfig
+from igan.datasets.base import DatasetSpec, ImageDataset
+from igan.options import collect_options
+from igan.plugins import get_plugin_manager, hookimpl
+from igan.train import Run, build_run, train_step
+
+# (name, options switched on, target ratio vs plain). Targets: VBN costs one extra G forward of the
+# reference batch (the paper says it is expensive, §3.5); everything else should be nearly free.
+CONFIGS: list[tuple[str, dict, float | None]] = [
+    ("plain", {}, None),
+    ("fm", {"fm": True}, 1.1),
+    ("mbd", {"mbd": True}, 1.1),
+    ("ha", {"ha": True}, 1.1),
+    ("ls", {"ls": True}, 1.1),
+    ("vbn", {"vbn": True}, 1.3),
+]
+N_IMAGES = 6000
+
+
+class BenchData:
+    """An extra plugin: registers ``bench_mnist``, random MNIST-shaped uint8 images (fixed seed)."""
+
+    def __init__(self) -> None:
+        gen = torch.Generator().manual_seed(1234)
+        self.dataset = ImageDataset(
+            name="bench_mnist",
+            x_train=torch.randint(0, 256, (N_IMAGES, 1, 28, 28), dtype=torch.uint8, generator=gen),
+            y_train=torch.randint(0, 10, (N_IMAGES,), generator=gen),
+            x_test=None, y_test=None, num_classes=10, scale=1.0 / 255.0, shift=0.0,
+            source="synthetic (benchmarks/technique_overhead.py)")
+
+    @hookimpl
+    def igan_register_datasets(self, register):
+        register(DatasetSpec("bench_mnist", lambda data_dir, download: self.dataset, "mnist_mlp",
+                             "random MNIST-shaped images for benchmarks"))
+
+
+def make_run(options: dict, args: argparse.Namespace, data: BenchData, run_dir: Path) -> Run:
+    pm = get_plugin_manager(extra=[("bench_data", data)])
+    values = {**collect_options(pm).defaults("train"), **options}
+    config = RunConfig(command="train", dataset="bench_mnist", model="mnist_mlp", batch_size=args.batch_size,
+                       steps=10**9, device=args.device, seed=0, options=values)
+    return build_run(config, pm, run_dir)
+
+
+def time_steps(run: Run, steps: int) -> float:
+    """Mean seconds per step over ``steps`` consecutive steps."""
+    sync = torch.cuda.synchronize if run.device.type == "cuda" else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        train_step(run)
+        run.step += 1
+    sync()
+    return (time.perf_counter() - t0) / steps
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=10, help="steps per configuration per round (default 10)")
+    p.add_argument("--rounds", type=int, default=11, help="timed rounds after the warm-up round (default 11)")
+    p.add_argument("--batch-size", type=int, default=100, help="batch size (default 100, the paper's)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/technique_overhead.json"),
+                   help="JSON results file (default benchmarks/results/technique_overhead.json)")
+    args = p.parse_args(argv)
+
+    data = BenchData()
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = {name: make_run(opts, args, data, Path(tmp) / name) for name, opts, _ in CONFIGS}
+        for run in runs.values():
+            run.pm.hook.igan_train_start(run=run)  # HA records its initial parameters here
+        names = list(runs)
+        for name in names:  # warm-up (allocator, first-call overheads)
+            time_steps(runs[name], max(2, args.steps // 4))
+        samples: dict[str, list[float]] = {name: [] for name in names}
+        for r in range(args.rounds):
+            order = names[r % len(names):] + names[:r % len(names)]
+            for name in order:
+                samples[name].append(1000.0 * time_steps(runs[name], args.steps))
+            print(f"round {r + 1}/{args.rounds}: " + " ".join(f"{n}={samples[n][-1]:.1f}" for n in names),
+                  file=sys.stderr, flush=True)
+
+    base = statistics.median(samples["plain"])
+    rows = []
+    for name, _, target in CONFIGS:
+        med = statistics.median(samples[name])
+        ratio = med / base
+        rows.append({"technique": name, "ms_per_step": round(med, 3), "ratio": round(ratio, 3),
+                     "min_ms_per_step": round(min(samples[name]), 3),
+                     "min_ratio": round(min(samples[name]) / min(samples["plain"]), 3),
+                     "target": target, "meets_target": None if target is None else ratio <= target,
+                     "ms_per_step_rounds": [round(v, 3) for v in samples[name]]})
+
+    header = f"{'technique':<10} {'ms/step':>8} {'ratio':>6} {'target':>7}  ok   {'min ms':>7} {'ratio':>6}"
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        target = f"<={row['target']:.1f}x" if row["target"] else "-"
+        ok = "" if row["meets_target"] is None else ("yes" if row["meets_target"] else "NO")
+        lines.append(f"{row['technique']:<10} {row['ms_per_step']:>8.2f} {row['ratio']:>5.2f}x {target:>7}  {ok:<3}  "
+                     f"{row['min_ms_per_step']:>7.2f} {row['min_ratio']:>5.2f}x")
+    print("\n".join(lines))
+
+    result = {
+        "benchmark": "technique_overhead",
+        "command": "python benchmarks/technique_overhead.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "model": "mnist_mlp", "dataset": f"synthetic uint8 [{N_IMAGES}, 1, 28, 28]",
+        "batch_size": args.batch_size, "steps_per_round": args.steps, "rounds": args.rounds,
+        "device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+        "results": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,72 @@
+"""Run under `python -m torch.distributed.run --nproc_per_node 2` by tests/test_distributed.py.
+
+Modes (argv[1]):
+- grads: one D update's gradients under DDP (each rank a half batch) equal a single process's gradients
+  on the whole batch; rank 0 writes "ok" to argv[2] or raises.
+- identical: after a few training steps with --ha on a semi-supervised run, the historical averages and
+  the evaluation EMA are bit-identical on every rank; rank 0 writes "ok" to argv[2].
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from igan import losses
+from igan.config import RunConfig
+from igan.plugins import get_plugin_manager
+from igan.train import build_run, train_step
+
+
+def grads(out: Path, tmp: Path) -> None:
+    config = RunConfig(dataset="digits", steps=1, batch_size=20, seed=3, device="cpu",
+                       model_kwargs={"noise": False})
+    run = build_run(config, get_plugin_manager(), tmp)
+    rank, world = run.dist.rank, run.dist.world
+    reference = copy.deepcopy(run.discriminator)  # identical on every rank (same seed, same init batch)
+    gen = torch.Generator().manual_seed(7)
+    x = run.dataset.to_float(run.dataset.x_train[:20])
+    fake = torch.rand(20, *run.dataset.image_shape, generator=gen)
+    per = 20 // world
+    part = slice(rank * per, (rank + 1) * per)
+
+    def d_loss(d, xr, xf):
+        return losses.discriminator_loss(losses.gan_logit(d(xr).logits), losses.gan_logit(d(xf).logits))
+
+    d_loss(run.d_exec, x[part], fake[part]).backward()  # DDP averages the gradients over ranks
+    d_loss(reference, x, fake).backward()
+    for (name, p), q in zip(run.discriminator.named_parameters(), reference.parameters()):
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
+    if rank == 0:
+        out.write_text("ok")
+
+
+def identical(out: Path, tmp: Path) -> None:
+    config = RunConfig(command="semisup", dataset="digits", steps=4, batch_size=20, seed=1, device="cpu",
+                       options={"ha": True, "labels": 50, "label_seed": 1, "ema_decay": 0.99})
+    pm = get_plugin_manager()
+    run = build_run(config, pm, tmp)
+    pm.hook.igan_train_start(run=run)
+    for _ in range(4):
+        train_step(run)
+    ha = pm.get_plugin("historical_averaging.run")
+    ema = pm.get_plugin("semisup.run").ema
+    tensors = [*ha.means["G"], *ha.means["D"], *ema.state_dict().values(), *run.discriminator.parameters()]
+    flat = torch.cat([t.detach().reshape(-1).double() for t in tensors])
+    gathered = [torch.empty_like(flat) for _ in range(run.dist.world)]
+    dist.all_gather(gathered, flat)
+    for other in gathered[1:]:
+        assert torch.equal(gathered[0], other), "state differs between ranks"
+    if run.dist.rank == 0:
+        out.write_text("ok")
+
+
+if __name__ == "__main__":
+    mode, out, tmp = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    {"grads": grads, "identical": identical}[mode](out, tmp)
+    dist.destroy_process_group()
