@@ -110,9 +110,12 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu"
     try:
         version = int(raw_meta["format"])
     except ValueError:
-        version = -1
-    if version > FORMAT_VERSION or version < 1:
-        raise IganError(f"{path} has checkpoint format {raw_meta['format']}, this igan reads format "
+        version = 0
+    if version < 1:
+        raise IganError(f"{path} has an invalid checkpoint format {raw_meta['format']!r}",
+                        hint="the metadata was edited or damaged; use another checkpoint of the run")
+    if version > FORMAT_VERSION:
+        raise IganError(f"{path} has checkpoint format {version}, this igan reads format "
                         f"{FORMAT_VERSION}", hint="upgrade igan (pip install -U igan) to read it")
     meta: dict[str, Any] = {}
     for k, v in raw_meta.items():

@@ -24,6 +24,12 @@ from igan.errors import IganError, UsageError
 __all__ = ["main", "build_app"]
 
 CORE_PANEL = "Training"
+
+
+class Interrupted(IganError):
+    """Ctrl-C during a command (the run saved a checkpoint first)."""
+
+    exit_code = 130
 MODEL_PANEL = "Model"
 
 
@@ -111,9 +117,6 @@ def train_once(config, pm) -> dict[str, Any]:
         raise UsageError(f"{run_dir} already holds a run", hint=f"use --resume {run_dir}/checkpoints/last.safetensors "
                          "to continue it, or another --out")
     run = build_run(config, pm, run_dir)
-    if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(json.loads(config.to_json()), indent=2) + "\n")
     return fit(run, resume=Path(config.resume) if config.resume else None)
 
 
@@ -123,7 +126,10 @@ def _training_command(command: str, pm_factory: Callable, parser, doc: str) -> C
         values.pop("disable_plugin", None)  # already applied when the plugin manager was built
         config = make_config(command, values, parser)
         runner = pm_factory.runner(command)
-        summary = runner(config, pm_factory)
+        try:
+            summary = runner(config, pm_factory)
+        except KeyboardInterrupt:  # typer would turn it into a bare exit 130
+            raise Interrupted("interrupted", hint="the last checkpoint was saved; continue with --resume") from None
         if int(os.environ.get("RANK", "0")) != 0:  # one answer per job: rank 0's
             return
         if as_json:
@@ -200,7 +206,9 @@ def main(argv: list[str] | None = None) -> None:
     except typer.TyperException as exc:  # click's usage errors (unknown flag, bad value): exit 2
         if debug:
             raise
-        error(exc.format_message(), hint=_usage_hint(exc))
+        message = exc.format_message()
+        if message:  # typer's "no arguments: show help" carries no message
+            error(message, hint=_usage_hint(exc))
         code = getattr(exc, "exit_code", 2)
     except IganError as exc:
         if debug:

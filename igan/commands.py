@@ -57,10 +57,16 @@ def restore_models(path: Path, device_name: str = "auto", pm=None) -> Restored:
     tensors, meta = load_checkpoint(path, device)
     config = RunConfig.from_dict(meta["config"])
     pm = pm or get_plugin_manager()
-    missing = [name for name in meta.get("plugins", {}) if pm.get_plugin(name) is None]
-    if missing:
-        raise IganError(f"{path} was made with plugins that are not available here: {', '.join(missing)}",
-                        hint="install (or stop disabling) those plugins to load this checkpoint")
+    from igan.options import collect_options
+
+    # An option switched on in the run that no installed plugin declares: its plugin is missing.
+    known = collect_options(pm).options
+    unknown = sorted(k for k, v in config.options.items() if k not in known and v not in (None, False))
+    if unknown:
+        used = ", ".join(f"{k}={config.options[k]!r}" for k in unknown)
+        raise IganError(f"{path} was made with options of plugins that are not available here: {used}",
+                        hint=f"install (or stop disabling) the plugins that provide them; the run used: "
+                             f"{', '.join(sorted(meta.get('plugins', {})))}")
     registry = model_registry(pm)
     if config.model not in registry:
         raise IganError(f"{path} uses model {config.model!r}, which no installed plugin provides",
@@ -132,3 +138,6 @@ def register_builtin(app: typer.Typer, pms, parser, training_command) -> None:
     from igan import semisup_cli
 
     semisup_cli.register(app, pms, parser, training_command)
+    from igan import report
+
+    report.register(app)

@@ -199,10 +199,12 @@ class _Progress:
     """A rich progress bar on a terminal; silent otherwise (the table says what was done)."""
 
     def __init__(self, description: str) -> None:
+        import sys
+
         from igan.console import _plain, stderr
 
         self.bar = None
-        if not _plain():
+        if not _plain() and sys.stderr.isatty():  # redraws would fill a log file
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.bar = Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -227,7 +229,7 @@ def _inception_pool_logits(model, images: torch.Tensor, device: torch.device, wh
     from igan.metrics import inception_outputs
 
     with _Progress(f"inception ({what})") as progress:
-        return inception_outputs(model, _rgb(images), batch_size=_inception_batch(device), device=device,
+        return inception_outputs(model, images, batch_size=_inception_batch(device), device=device,
                                  progress=progress)
 
 
@@ -244,7 +246,7 @@ def inception_score_metric(images: torch.Tensor, context: dict[str, Any]) -> dic
 
     splits = int(context.get("splits", 10))
     model = _load_inception(context)
-    _, logits = _inception_pool_logits(model, images, context["device"], "samples")
+    _, logits = _inception_pool_logits(model, _rgb(images), context["device"], "samples")
     mean, std = inception_score(logits, splits)
     return {"mean": mean, "std": std}
 
@@ -279,7 +281,7 @@ def _real_statistics(ds, split: str, n: int, weights: Path, model, device: torch
     x = ds.x_train if split == "train" else ds.x_test
     # A fixed random subset: stored datasets may be sorted by class.
     idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))[:n]
-    pool, _ = _inception_pool_logits(model, dataset_uint8(ds, x.cpu()[idx]), device, f"real {split}")
+    pool, _ = _inception_pool_logits(model, _rgb(dataset_uint8(ds, x.cpu()[idx])), device, f"real {split}")
     mu, sigma = feature_statistics(pool)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -312,7 +314,7 @@ def fid_metric(images: torch.Tensor, context: dict[str, Any]) -> dict[str, Any]:
     weights = _resolve_weights(context.get("inception_weights"), bool(context.get("download")))
     model = _load_inception({**context, "inception_weights": weights})
     ds, _ = load_dataset(context["pm"], name, context.get("data_dir"), bool(context.get("download")))
-    pool, _ = _inception_pool_logits(model, images, device, "samples")
+    pool, _ = _inception_pool_logits(model, _rgb(images), device, "samples")
     n_real = min(images.shape[0], ds.x_train.shape[0])
     mu_r, sigma_r, cache = _real_statistics(ds, "train", n_real, weights, model, device)
     fid = frechet_distance(*feature_statistics(pool), mu_r, sigma_r)
@@ -480,39 +482,38 @@ def print_table(result: dict[str, Any], console=None) -> None:
     metric = result["metric"]
     ref = result.get("reference") if isinstance(result.get("reference"), dict) else None
     splits = "-" if result.get("splits") is None else str(result["splits"])
-    title = f"igan evaluate: {escape(result['input'])}"
-    table = Table(title=title, title_justify="left")
+    table = Table(title=f"igan evaluate {escape(result['input'])}", title_justify="left", caption_justify="left")
     table.add_column("metric")
-    table.add_column("model (mean ± std)" if metric != ERROR_METRIC else "value", justify="right")
+    table.add_column("model", justify="right")
     table.add_column("n", justify="right")
     table.add_column("splits", justify="right")
     if ref is not None:
         table.add_column("real data", justify="right")
-        table.add_column("real n", justify="right")
+    n = str(result["n"])
     if metric == ERROR_METRIC:
         table.add_row(f"test error{' (EMA of D)' if result.get('ema') else ' (D)'}",
-                      f"{100 * result['test_error']:.2f}% ({result['test_errors']} of {result['n']})",
-                      str(result["n"]), splits)
+                      f"{100 * result['test_error']:.2f}% ({result['test_errors']} wrong)", n, splits)
     elif metric == "classifier-score":
         ref = ref or {}
-        table.add_row("classifier score (higher is better)", _pm(result["mean"], result["std"]), str(result["n"]),
-                      splits, _pm(ref.get("mean"), ref.get("std")), str(ref.get("n", "-")))
-        table.add_row("Fréchet distance to test (lower)", _pm(result.get("fd")), str(result["n"]), "-",
-                      _pm(ref.get("fd")), f"{ref.get('n', '-')} vs {ref.get('n_train', '-')} train")
+        table.add_row("classifier score ↑", _pm(result["mean"], result["std"]), n, splits,
+                      _pm(ref.get("mean"), ref.get("std")))
+        table.add_row("FD to real test ↓", _pm(result.get("fd")), n, "-", _pm(ref.get("fd")))
+        table.caption = (f"real data: {ref.get('n', '-')} test images (score; FD vs {ref.get('n_train', '-')} "
+                         f"training images)")
     elif metric == "fid":
         ref = ref or {}
-        table.add_row("FID (lower is better)", _pm(result["mean"]), f"{result['n']} vs {result.get('n_real')} train",
-                      splits, _pm(ref.get("mean")), f"{ref.get('n', '-')} test vs {result.get('n_real')} train")
+        table.add_row("FID ↓", _pm(result["mean"]), n, splits, _pm(ref.get("mean")))
+        table.caption = (f"model: {n} images vs {result.get('n_real')} training images; real data: "
+                         f"{ref.get('n', '-')} test images vs the same training statistics")
     else:
-        row = [escape(metric), _pm(result["mean"], result["std"]), str(result["n"]), splits]
+        row = [escape(metric), _pm(result["mean"], result["std"]), n, splits]
         if ref is not None:
-            row += [_pm(_maybe_float(ref.get("mean")), _maybe_float(ref.get("std"))), str(ref.get("n", "-"))]
+            row.append(_pm(_maybe_float(ref.get("mean")), _maybe_float(ref.get("std"))))
         table.add_row(*row)
     console.print(table)
     clf = result.get("classifier")
     if isinstance(clf, dict) and clf.get("test_accuracy") is not None:
-        console.print(f"classifier test accuracy {100 * clf['test_accuracy']:.2f}% ({escape(clf['path'])})",
-                      markup=True)
+        console.print(f"classifier: test accuracy {100 * clf['test_accuracy']:.2f}%, {escape(str(clf['path']))}")
 
 
 def _maybe_float(value: Any) -> float | None:

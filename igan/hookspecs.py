@@ -14,8 +14,8 @@ Order within one training step (``igan.train.train_step`` is the only caller of 
 
 and around the loop (``igan.train.fit``)::
 
-    igan_configure -> igan_modify_models -> [data-dependent init] -> igan_train_start
-        -> igan_label_targets -> (steps ...; igan_log at logging points)
+    igan_configure -> igan_modify_models -> [data-dependent init] -> igan_label_targets
+        -> igan_train_start -> (steps ...; igan_log at logging points)
         -> igan_epoch_end at each epoch end (then igan_log) -> igan_train_end
 
 ``igan_checkpoint_tensors`` fires whenever a checkpoint is written, ``igan_restore_tensors`` when one
@@ -69,16 +69,18 @@ def igan_configure(config: RunConfig, pm: pluggy.PluginManager) -> None:
 def igan_register_datasets(register: Callable[..., None]) -> None:
     """Add datasets: call ``register(DatasetSpec(...))`` once per dataset.
 
-    Fires when the dataset registry is first needed. A name registered twice is an error naming both.
+    Fires when the dataset registry is needed. A name registered twice is an error naming the dataset.
     """
 
 
 @hookspec
 def igan_register_models(register: Callable[..., None]) -> None:
-    """Add model pairs: call ``register(name, builder)`` once per pair.
+    """Add model pairs: call ``register(ModelDef(name, builder, kwargs, defaults, description))``.
 
     ``builder(image_shape, num_logits, **kwargs) -> Models`` builds a generator and a discriminator;
-    the kwargs are stored in the checkpoint so ``sample`` and ``evaluate`` rebuild the exact model.
+    ``defaults`` holds training defaults (batch_size, lr, epochs). The model name and the architecture
+    switches are stored in the checkpoint so ``sample`` and ``evaluate`` rebuild the exact model. A
+    name registered twice is an error.
     """
 
 
@@ -130,8 +132,9 @@ def igan_train_start(run: Run) -> None:
 def igan_label_targets(config: RunConfig) -> LabelTargets | None:
     """Return the label targets (real, fake, generator) for the default GAN losses.
 
-    firstresult: the first non-None result wins. The built-in default returns 1/0/1; one-sided label
-    smoothing returns (alpha, 0, generator target). Fires once per run.
+    firstresult: the first non-None result wins. The built-in default returns real 1, generator 1 (fake
+    targets are always 0); one-sided label smoothing returns (alpha, generator target). Fires once per
+    run, when the run is built (after the models exist, before ``igan_train_start``).
     """
 
 

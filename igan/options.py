@@ -47,7 +47,9 @@ class OptionSpec:
         return TECHNIQUES_PANEL if self.builtin else f"Plugin: {self.plugin}"
 
     def typer_parameter(self) -> inspect.Parameter:
-        kwargs: dict[str, Any] = {"help": self.help, "rich_help_panel": self.resolved_panel(),
+        from rich.markup import escape  # help is shown through rich: keep "[...]" literal
+
+        kwargs: dict[str, Any] = {"help": escape(self.help), "rich_help_panel": self.resolved_panel(),
                                   "show_default": self.default is not None and self.type is not bool}
         if self.min is not None:
             kwargs["min"] = self.min
@@ -55,7 +57,7 @@ class OptionSpec:
             kwargs["max"] = self.max
         annotation: Any = self.type if self.default is not None else self.type | None
         if self.choices:  # validated by OptionParser.validate_choices (one-line usage error)
-            kwargs["help"] = f"{self.help} (one of: {', '.join(self.choices)})"
+            kwargs["help"] = escape(f"{self.help} (one of: {', '.join(self.choices)})")
         opt = typer.Option(self.cli_flag, **kwargs)
         return inspect.Parameter(self.name, inspect.Parameter.KEYWORD_ONLY, default=self.default,
                                  annotation=Annotated[annotation, opt])

@@ -456,10 +456,13 @@ def fit(run: Run, resume: Path | None = None, progress: bool = True) -> dict[str
     hook.igan_train_start(run=run)
     if resume is not None:
         restore_run(run, resume)
+    main = run.dist.is_main
+    if main:  # only now: a refused resume must not touch the run directory
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        (run.run_dir / "config.json").write_text(json.dumps(json.loads(run.config.to_json()), indent=2) + "\n")
     total = run.total_steps
     spe = run.steps_per_epoch
     log_every = max(1, run.config.log_every)
-    main = run.dist.is_main
     metrics = _MetricsLog(run.run_dir / "metrics.jsonl", active=main)
     acc: dict[str, torch.Tensor] = {}
     n_acc = 0
@@ -467,15 +470,27 @@ def fit(run: Run, resume: Path | None = None, progress: bool = True) -> dict[str
     t0 = time.perf_counter()
     start_step = run.step
 
-    def on_sigterm(signum, frame):  # noqa: ARG001
-        raise Terminated()
+    # Ctrl-C and SIGTERM only raise a flag; the loop acts on it between steps, so the checkpoint it
+    # writes is consistent (a step interrupted half-way would leave D updated but the step count not).
+    stop: list[type[BaseException]] = []
+    in_step = False
 
-    previous = signal.signal(signal.SIGTERM, on_sigterm) if _main_thread() else None
+    def on_signal(signum, frame):  # noqa: ARG001
+        if stop:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        stop.append(Terminated if signum == signal.SIGTERM else KeyboardInterrupt)
+
+    previous = ({sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+                if _main_thread() else {})
     try:
         with TrainProgress(total, run.step, enabled=progress and main) as bar:
             while run.step < total:
+                if stop:
+                    raise stop[0]()
+                in_step = True
                 logs = train_step(run)
                 run.step += 1
+                in_step = False
                 for k, v in logs.items():
                     acc[k] = acc[k] + v if k in acc else v
                 n_acc += 1
@@ -512,12 +527,13 @@ def fit(run: Run, resume: Path | None = None, progress: bool = True) -> dict[str
                 elif run.config.checkpoint_every and run.step % run.config.checkpoint_every == 0:
                     save_run(run)
     except (KeyboardInterrupt, Terminated):
-        save_run(run)  # nothing lost: the interrupted run resumes from here
+        if not in_step:  # a second Ctrl-C mid-step keeps the previous (consistent) checkpoint instead
+            save_run(run)  # nothing lost: the interrupted run resumes from here
         raise
     finally:
         metrics.close()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     hook.igan_train_end(run=run)
     elapsed = time.perf_counter() - t0
     summary = {"run_dir": str(run.run_dir), "checkpoint": str(run.run_dir / "checkpoints" / "last.safetensors"),

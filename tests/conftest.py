@@ -26,6 +26,18 @@ def _clean_igan_env(monkeypatch):
 
 
 @pytest.fixture
+def single_thread():
+    """One torch thread while the test runs: on a small shared CPU, tiny models train several times
+    faster without thread contention (the equality checks compare runs made under the same setting)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def run_cli(capsys, monkeypatch):
     """``run_cli(args, env=None) -> (exit_code, stdout, stderr)``: ``igan.cli.main(args)`` in-process.
 
@@ -71,7 +83,7 @@ def igan_subprocess(args, *, env=None, cwd=None, **popen_kwargs) -> subprocess.P
     """
     import signal
 
-    full_env = {**os.environ, "NO_COLOR": "1", **(env or {})}
+    full_env = {**os.environ, "NO_COLOR": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     full_env.pop("IGAN_DEBUG", None)
     full_env.pop("IGAN_DISABLE_PLUGINS", None)
     return subprocess.Popen([sys.executable, "-m", "igan", *[str(a) for a in args]], env=full_env, cwd=cwd,
@@ -126,10 +138,19 @@ def flags_in(body: str) -> set[str]:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
     """One finished 2-step plain run, shared by tests that only read it (sample, checkpoint layout)."""
+    import torch
+
     from igan.cli import main
 
     out = tmp_path_factory.mktemp("shared") / "run"
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--steps", "2", *TINY, "--out", str(out)])
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as mp, pytest.raises(SystemExit) as exit_info:
+            mp.delenv("IGAN_DEBUG", raising=False)
+            mp.delenv("IGAN_DISABLE_PLUGINS", raising=False)
+            main(["train", "--steps", "2", *TINY, "--out", str(out)])
+    finally:
+        torch.set_num_threads(before)
     assert exit_info.value.code == 0
     return out

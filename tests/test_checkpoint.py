@@ -18,6 +18,8 @@ from igan.errors import IganError
 
 from conftest import assert_clean_error
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 CKPT = ("checkpoints", "last.safetensors")
 META = {"config": {"dataset": "digits"}, "step": 1}
 

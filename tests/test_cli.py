@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import pickle
-import shutil
 
 import numpy as np
 import pytest
@@ -17,6 +16,8 @@ from igan.checkpoint import load_checkpoint
 from igan.errors import IganError
 
 from conftest import TINY, assert_clean_error, flags_in, help_panels
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 CKPT = ("checkpoints", "last.safetensors")
 
@@ -37,7 +38,8 @@ def test_train_writes_the_run_directory(train_cli, tmp_path):
     assert "step 2/2" in err  # progress goes to stderr
 
     config = json.loads((run / "config.json").read_text())
-    assert (config["command"], config["dataset"], config["steps"], config["batch_size"]) == ("train", "digits", 2, 10)
+    core = (config["command"], config["dataset"], config["steps"], config["batch_size"])
+    assert core == ("train", "digits", 2, 10)
     assert config["model"] == "digits_mlp"  # resolved from the dataset before it is written
 
     tensors, meta = load_checkpoint(_ckpt(run))

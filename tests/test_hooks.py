@@ -7,7 +7,9 @@ last test checks that, and that ``docs/hooks.md`` has a heading for every hook.
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
@@ -26,13 +28,15 @@ from igan.train import build_run, fit, train_step
 
 from conftest import TINY, flags_in, help_panels
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 REPO = Path(__file__).resolve().parents[1]
 
 # The step and loop hooks the spy implements, in the order they first fire.
 SPY_HOOKS = [
     "igan_configure", "igan_modify_models", "igan_train_start", "igan_label_targets",
     "igan_discriminator_loss", "igan_extra_loss", "igan_after_optimizer_step", "igan_generator_loss",
-    "igan_epoch_end", "igan_checkpoint_tensors", "igan_train_end",
+    "igan_log", "igan_epoch_end", "igan_checkpoint_tensors", "igan_train_end",
 ]
 
 
@@ -89,8 +93,14 @@ class Spy:
         self.calls.append(("igan_after_optimizer_step", net, step.it))
 
     @hookimpl
+    def igan_log(self, run, step, values):
+        assert all(isinstance(v, float) for v in values.values())  # host floats, not tensors
+        self.calls.append(("igan_log", step, tuple(sorted(values))))
+
+    @hookimpl
     def igan_epoch_end(self, run, epoch):
         self.calls.append(("igan_epoch_end", epoch, run.step))
+        return {"spy_score": 0.25}
 
     @hookimpl
     def igan_checkpoint_tensors(self, run):
@@ -102,10 +112,10 @@ class Spy:
 
 
 def expected_step(it: int, g_steps: int = 1) -> list[tuple]:
-    calls = [("igan_discriminator_loss", it), ("igan_extra_loss", "D", it), ("igan_after_optimizer_step", "D", it)]
-    for _ in range(g_steps):
-        calls += [("igan_generator_loss", it), ("igan_extra_loss", "G", it), ("igan_after_optimizer_step", "G", it)]
-    return calls
+    def update(net: str, main_loss: str) -> list[tuple]:
+        return [(main_loss, it), ("igan_extra_loss", net, it), ("igan_after_optimizer_step", net, it)]
+
+    return update("D", "igan_discriminator_loss") + g_steps * update("G", "igan_generator_loss")
 
 
 def test_spy_records_documented_hook_order(tmp_path):
@@ -113,9 +123,13 @@ def test_spy_records_documented_hook_order(tmp_path):
     run = make_run(tmp_path / "run", ("spy", spy), steps=2)
     fit(run, progress=False)
 
-    expected = [("igan_configure",), ("igan_modify_models",), ("igan_train_start",), ("igan_label_targets",)]
-    expected += expected_step(0) + expected_step(1)
-    expected += [("igan_epoch_end", 1, 2), ("igan_checkpoint_tensors", 2), ("igan_train_end", 2)]
+    losses = ("loss/D", "loss/G")
+    expected = [("igan_configure",), ("igan_modify_models",), ("igan_label_targets",), ("igan_train_start",)]
+    expected += expected_step(0) + [("igan_log", 1, losses)]  # --log-every 1
+    expected += expected_step(1) + [("igan_log", 2, losses)]
+    # the epoch ends with the last step: its metrics are logged, then the checkpoint is written
+    expected += [("igan_epoch_end", 1, 2), ("igan_log", 2, ("spy_score",)), ("igan_checkpoint_tensors", 2),
+                 ("igan_train_end", 2)]
     assert spy.calls == expected
     # the spy implements exactly the hooks listed in SPY_HOOKS, all of them real specs
     implemented = sorted(c.name for c in run.pm.get_hookcallers(spy))
@@ -128,6 +142,9 @@ def test_spy_records_documented_hook_order(tmp_path):
     assert spy.seen["run"] is run
     # igan_after_optimizer_step fires under torch.no_grad()
     assert spy.seen["grad_enabled"] == {False}
+    # what igan_epoch_end returns goes to metrics.jsonl
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert {"step": 2, "epoch": 1, "spy_score": 0.25} in records
 
 
 def test_spy_generator_hooks_repeat_g_steps_times(tmp_path):
@@ -401,6 +418,35 @@ def test_hook_igan_restore_tensors(tmp_path):
     assert second.n == 3
     tensors, _ = load_checkpoint(ckpt)
     assert int(tensors["plugin.counter.n"]) == 3
+
+
+def test_worked_plugin_of_hooks_md_runs(tmp_path, monkeypatch):
+    """The mini plugin of docs/hooks.md works as the page says: off by default, a logged D term when on."""
+    import importlib
+
+    docs = (REPO / "docs" / "hooks.md").read_text(encoding="utf-8")
+    m = re.search(r"<!-- worked-plugin: (\w+)\.py -->\s*```python\n(.*?)```", docs, flags=re.S)
+    assert m, "docs/hooks.md has no worked plugin block"
+    module_name, code = m.group(1), m.group(2)
+    (tmp_path / f"{module_name}.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, module_name, raising=False)
+    plugin = importlib.import_module(module_name)
+    try:
+        from igan.options import collect_options
+
+        parser = collect_options(get_plugin_manager(extra=[("drift", plugin)]))
+        assert parser.options["drift"].resolved_panel() == "Plugin: drift"
+
+        run = make_run(tmp_path / "off", ("drift", plugin), steps=1, options={"drift": 0.0})
+        assert "loss/D/drift" not in train_step(run)
+
+        run = make_run(tmp_path / "on", ("drift", plugin), steps=1, options={"drift": 0.5})
+        logs = train_step(run)
+        assert float(logs["loss/D/drift"]) > 0
+        assert "loss/G/drift" not in logs
+    finally:
+        sys.modules.pop(module_name, None)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ import igan.plugins
 
 from conftest import TINY, assert_clean_error, flags_in, help_panels
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 FAKE_TECH = '''
 from igan import hookimpl
 
@@ -29,7 +31,7 @@ CALLS = []
 @hookimpl
 def igan_addoption(parser):
     parser.add("fake_tech", bool, help="switch on the fake technique")
-    parser.add("fake_tech_weight", float, 0.0, help="weight of the fake loss term")
+    parser.add("fake_tech_weight", float, 0.0, help='weight of the fake term [0, 1]; pip install "fake[gpu]"')
 
 
 @hookimpl
@@ -104,6 +106,8 @@ def test_plugin_option_gets_its_own_help_panel(install_plugin, run_cli):
     assert len(own) == 1, list(panels)
     assert flags_in(panels[own[0]]) == {"--fake-tech", "--fake-tech-weight"}
     assert not flags_in(panels["Techniques"]) & {"--fake-tech", "--fake-tech-weight"}
+    # a plugin's help text is shown as written: brackets are not swallowed as rich markup
+    assert 'weight of the fake term [0, 1]; pip install "fake[gpu]"' in panels[own[0]]
 
 
 def test_plugin_flag_switches_its_hook_on(install_plugin, train_cli, tmp_path):

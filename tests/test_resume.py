@@ -18,6 +18,8 @@ from igan.checkpoint import load_checkpoint
 
 from conftest import TINY, igan_subprocess
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 CKPT = ("checkpoints", "last.safetensors")
 STATEFUL = ["--fm", "--mbd", "--ha", "--vbn"]
 

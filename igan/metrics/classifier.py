@@ -27,13 +27,14 @@ The score of a set of uint8 images (:func:`classifier_score_metric`) is
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.nn as nn
@@ -63,8 +64,9 @@ class ClassifierRecipe:
 
 
 RECIPES: dict[str, ClassifierRecipe] = {
-    # 1500 training images: many short epochs (about 1200 steps, well under a second on a CPU).
-    "digits": ClassifierRecipe(hidden=(256, 128), epochs=40, batch_size=50),
+    # 1500 training images: 20 short epochs (600 steps, about a second on a CPU); about 92% test
+    # accuracy on igan's fixed split (its last 297 images; 1-nearest-neighbour gets 94.6% there).
+    "digits": ClassifierRecipe(hidden=(256, 128), epochs=20, batch_size=50),
     # 60,000 training images: a few epochs reach about 98% test accuracy.
     "mnist": ClassifierRecipe(hidden=(512, 256), epochs=5, batch_size=100),
 }
@@ -159,7 +161,7 @@ def train_classifier(x_train: Tensor, y_train: Tensor, x_test: Tensor | None, y_
     order = torch.Generator().manual_seed(recipe.seed)
     x, y = x_train.to(device), y_train.to(device)
     n = x.shape[0]
-    with torch.autocast(device_type=device.type, enabled=False):
+    with torch.autocast(device_type=device.type, enabled=False), _single_thread_if_tiny(model, device):
         for _ in range(recipe.epochs):
             perm = torch.randperm(n, generator=order).to(device)
             for i in range(0, n, recipe.batch_size):
@@ -171,6 +173,22 @@ def train_classifier(x_train: Tensor, y_train: Tensor, x_test: Tensor | None, y_
         model.eval().requires_grad_(False)
         accuracy = _accuracy(model, x_test, y_test, device) if x_test is not None else None
     return model, accuracy
+
+
+@contextlib.contextmanager
+def _single_thread_if_tiny(model: PixelMLP, device: torch.device) -> Iterator[None]:
+    """Train a tiny MLP on one CPU thread: its ops are too small to split, and on a busy machine the
+    threads of each op wait for each other (the 8x8 digits classifier trains 10x faster this way)."""
+    first = model.body[0] if len(model.body) else model.head
+    tiny = device.type == "cpu" and first.in_features * first.out_features <= 1 << 16
+    threads = torch.get_num_threads()
+    if tiny and threads > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if tiny and threads > 1:
+            torch.set_num_threads(threads)
 
 
 def _save(model: PixelMLP, path: Path, metadata: dict[str, str]) -> None:
@@ -308,6 +326,10 @@ def classifier_score_metric(images: Tensor, context: dict[str, Any]) -> dict[str
     if ds.x_test is None:
         raise IganError(f"dataset {name!r} has no test split, which the classifier score's reference needs",
                         hint="use a dataset with a test split")
+    if tuple(images.shape[1:]) != ds.image_shape:  # before any training
+        raise IganError(f"the {name} classifier scores images of shape {list(ds.image_shape)} (C, H, W), got "
+                        f"{list(images.shape[1:])}",
+                        hint=f"score {name} samples, or pass the --dataset these images belong to")
     device = context.get("device") or torch.device("cpu")
     clf = load_classifier(ds, device, retrain=bool(context.get("retrain")))
     return classifier_score(clf, images, dataset_uint8(ds, ds.x_train.cpu()), dataset_uint8(ds, ds.x_test.cpu()),

@@ -10,9 +10,10 @@ With the flag, each run also writes TensorBoard event files to ``<run_dir>/tenso
 - the grid of samples from the fixed noise (the one saved as ``samples/epoch_NNNN.png``) at each epoch end;
 - the run's config (and the plugin versions) as text when the first event is written.
 
-``metrics.jsonl`` stays the source of truth; nothing here changes the run. The writer is opened at the
-first event, so on ``--resume`` it knows the first step it writes and purges the events a crashed
-continuation left at or after that step (``SummaryWriter(purge_step=...)``).
+``metrics.jsonl`` stays the source of truth; nothing here changes the run. In a distributed run only
+rank 0 writes (as it alone writes metrics.jsonl). The writer is opened at the first event, so on
+``--resume`` it knows the first step it writes and purges the events a crashed continuation left at or
+after that step (``SummaryWriter(purge_step=...)``).
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ PANEL = "Logging"
 @hookimpl
 def igan_addoption(parser):
     parser.add("tensorboard", bool, panel=PANEL,
-               help="also write TensorBoard event files to <run>/tensorboard/ (losses, metrics, learning rates, "
-                    f"sample grids, config); needs {HINT}")
+               help="also write TensorBoard event files to <run>/tensorboard/ (losses, metrics, learning "
+                    f"rates, sample grids, config); needs {HINT}")
 
 
 def summary_writer_class() -> Any:
@@ -42,8 +43,8 @@ def summary_writer_class() -> Any:
         raise UsageError(f"--tensorboard needs the tensorboard package, which is not installed ({exc})",
                          hint=HINT) from exc
     except Exception as exc:  # noqa: BLE001 - a broken install (e.g. an incompatible protobuf)
-        raise UsageError(f"--tensorboard: the tensorboard package failed to import: {type(exc).__name__}: {exc}",
-                         hint=f"reinstall it: {HINT}") from exc
+        raise UsageError(f"--tensorboard: the tensorboard package failed to import: "
+                         f"{type(exc).__name__}: {exc}", hint=f"reinstall it: {HINT}") from exc
     return SummaryWriter
 
 
@@ -78,6 +79,8 @@ class TensorBoardLogger:
 
     @hookimpl
     def igan_log(self, run, step, values):
+        if not _is_main(run):
+            return
         writer = self._open(run, step)
         for key, value in values.items():
             writer.add_scalar(key, float(value), step)
@@ -92,6 +95,8 @@ class TensorBoardLogger:
     def igan_epoch_end(self, run, epoch):
         from igan.images import make_grid
 
+        if not _is_main(run):
+            return None
         writer = self._open(run, run.step)
         images = run.generate(run.fixed_z.shape[0], run.fixed_z)
         grid = _upscale(make_grid(images), 4 if max(images.shape[-2:]) < 64 else 1)  # as samples/*.png
@@ -104,6 +109,11 @@ class TensorBoardLogger:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+def _is_main(run) -> bool:
+    dist = getattr(run, "dist", None)
+    return dist is None or dist.is_main
 
 
 def _code_block(data: dict[str, Any]) -> str:
