@@ -61,6 +61,9 @@ def restore_models(path: Path, device_name: str = "auto", pm=None) -> Restored:
 
     # An option switched on in the run that no installed plugin declares: its plugin is missing.
     known = collect_options(pm).options
+    for name, spec in known.items():  # loggers etc. play no part in rebuilding the model
+        if spec.run_only and name in config.options:
+            config.options[name] = spec.default
     unknown = sorted(k for k, v in config.options.items() if k not in known and v not in (None, False))
     if unknown:
         used = ", ".join(f"{k}={config.options[k]!r}" for k in unknown)

@@ -42,10 +42,12 @@ def _printable(text: str) -> str:
 
 
 def error(message: str, hint: str | None = None) -> None:
-    stderr.print(f"[bold red]error:[/] {message}", markup=True) if not _plain() else print(
+    from rich.markup import escape  # paths like runs/[exp] must print as they are
+
+    stderr.print(f"[bold red]error:[/] {escape(message)}", markup=True) if not _plain() else print(
         f"error: {message}", file=sys.stderr)
     if hint:
-        stderr.print(f"[cyan]hint:[/] {hint}", markup=True) if not _plain() else print(
+        stderr.print(f"[cyan]hint:[/] {escape(hint)}", markup=True) if not _plain() else print(
             f"hint: {hint}", file=sys.stderr)
 
 

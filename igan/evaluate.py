@@ -533,7 +533,9 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return value.item()
+        return _json_safe(value.item())
+    if type(value).__module__ == "numpy" and hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        return _json_safe(value.item())  # numpy scalars from a plugin's metric
     return value
 
 
@@ -545,7 +547,7 @@ def _metric_help(pm) -> tuple[str, str]:
         registry = metric_registry(pm)
     except IganError:  # reported when `evaluate` runs; must not break the other commands
         registry = {}
-    names = [*registry, ERROR_METRIC]
+    names = [escape(name) for name in (*registry, ERROR_METRIC)]
     lines = [f"{escape(m.name)}: {escape(m.help)}" for m in registry.values()]
     lines.append(f"{ERROR_METRIC}: test error of a semi-supervised checkpoint (EMA of D)")
     return ", ".join(names), "Metrics:\n\n" + "\n\n".join(lines)

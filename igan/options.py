@@ -34,6 +34,7 @@ class OptionSpec:
     min: float | None = None
     max: float | None = None
     choices: tuple[str, ...] | None = None
+    run_only: bool = False  # logging-style option: does not change what is trained or saved
     plugin: str = ""  # filled in by the parser: who declared it
     builtin: bool = True
 
@@ -74,15 +75,19 @@ class OptionParser:
     def add(self, name: str, type: Any = bool, default: Any = None, *, help: str, flag: str | None = None,
             panel: str | None = None, commands: tuple[str, ...] = ("train", "semisup"),
             min: float | None = None, max: float | None = None,
-            choices: tuple[str, ...] | None = None) -> None:
-        """Declare an option. ``type`` is bool (a bare flag), int, float, str or a path type."""
+            choices: tuple[str, ...] | None = None, run_only: bool = False) -> None:
+        """Declare an option. ``type`` is bool (a bare flag), int, float, str or a path type.
+
+        ``run_only=True`` marks an option that does not affect the models or the trained state (e.g. a
+        logger): it may differ when resuming, and it is reset to its default when a checkpoint is loaded
+        for ``sample``/``evaluate``."""
         if name in self.options:
             other = self.options[name].plugin
             raise ValueError(f"option {name!r} of plugin {self._plugin!r} is already declared by {other!r}")
-        if type is bool and default is None:
-            default = False
+        if type is bool and default is None and not (flag and "/" in flag):
+            default = False  # a plain flag is off by default; "--x/--no-x" keeps None as "not given"
         self.options[name] = OptionSpec(name, type, default, help, flag, panel, tuple(commands),
-                                        min, max, choices, self._plugin, self._builtin)
+                                        min, max, choices, run_only, self._plugin, self._builtin)
 
     def for_command(self, command: str) -> list[OptionSpec]:
         return [o for o in self.options.values() if command in o.commands]

@@ -779,5 +779,6 @@ def report(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("report", epilog="Example: igan report runs/fm runs/fm-ha -o ablation.html  (needs "
-                                 f"{HINT})")(report)
+    hint = HINT.replace("[", "\\[")  # the epilog is rich markup: keep "[report]" from being read as a tag
+    app.command("report", epilog=f"Example: igan report runs/fm runs/fm-ha -o ablation.html  (needs {hint})")(
+        report)

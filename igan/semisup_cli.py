@@ -23,7 +23,8 @@ PANEL = "Semi-supervised"
 
 def _summarise(summary: dict[str, Any], config) -> dict[str, Any]:
     m = summary.get("metrics", {})
-    return {"test_error": m.get("test_error"), "test_errors": m.get("test_errors"), "seed": config.seed,
+    return {"test_error": m.get("test_error"), "test_errors": m.get("test_errors"), "test_size": m.get("test_size"),
+            "seed": config.seed,
             "label_seed": config.opt("label_seed"), "run_dir": summary["run_dir"], "epochs": summary["epochs"],
             "seconds": summary["seconds"]}
 
@@ -42,7 +43,7 @@ def run_semisup(config, pms, seeds: int = 1, baseline: bool | None = None) -> di
         cfg.out = str(base_dir / f"seed{cfg.seed}") if seeds > 1 else str(base_dir)
         runs.append(_summarise(train_once(cfg, pms.new()), cfg))
     errors = [r["test_errors"] for r in runs]
-    n_test = round(runs[0]["test_errors"] / runs[0]["test_error"]) if runs[0]["test_error"] else None
+    n_test = runs[0]["test_size"]
     result: dict[str, Any] = {**runs[0], "labels": labels_for(config), "dataset": config.dataset,
                               "supervised_only": bool(config.opt("supervised_only")), "run_dir": str(base_dir)}
     if seeds > 1:

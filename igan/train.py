@@ -383,12 +383,22 @@ def save_run(run: Run, path: Path | None = None) -> Path:
     return path
 
 
-def check_compatible(config: RunConfig, meta: dict[str, Any], path: Path) -> None:
+def check_compatible(config: RunConfig, meta: dict[str, Any], path: Path, parser=None) -> None:
+    """Refuse a checkpoint made with another model or technique set. Options the checkpoint predates
+    count as their defaults; run-only options (loggers) may differ."""
     saved = RunConfig.from_dict(meta["config"])
     if saved.model != config.model or saved.model_kwargs != config.model_kwargs:
         raise IganError(f"{path} was made with model {saved.model} {saved.model_kwargs}, this run uses "
                         f"{config.model} {config.model_kwargs}", hint="resume with the settings the checkpoint was made with")
-    diff = {k: (saved.options.get(k), v) for k, v in config.options.items() if saved.options.get(k) != v}
+    specs = parser.options if parser is not None else {}
+    diff = {}
+    for k, v in config.options.items():
+        spec = specs.get(k)
+        if spec is not None and spec.run_only:
+            continue
+        before = saved.options.get(k, spec.default if spec is not None else None)
+        if before != v:
+            diff[k] = (before, v)
     if diff:
         shown = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
         raise IganError(f"{path} was made with another technique set ({shown})",
@@ -396,8 +406,10 @@ def check_compatible(config: RunConfig, meta: dict[str, Any], path: Path) -> Non
 
 
 def restore_run(run: Run, path: Path) -> None:
+    from igan.options import collect_options
+
     tensors, meta = load_checkpoint(path, run.device)
-    check_compatible(run.config, meta, path)
+    check_compatible(run.config, meta, path, collect_options(run.pm))
     try:
         run.generator.load_state_dict(prefixed(tensors, "G"))
         run.discriminator.load_state_dict(prefixed(tensors, "D"))
@@ -411,10 +423,10 @@ def restore_run(run: Run, path: Path) -> None:
     torch.set_rng_state(tensors["rng.torch"].cpu())
     if "rng.cuda" in tensors and run.device.type == "cuda":
         torch.cuda.set_rng_state(tensors["rng.cuda"].cpu(), run.device)
+    run.step = int(meta["step"])  # before the plugins, so they can rebuild schedules from it
     for impl in run.pm.hook.igan_restore_tensors.get_hookimpls():
         own = prefixed(tensors, f"plugin.{impl.plugin_name}")
         impl.function(**_args(impl, run=run, tensors=own))
-    run.step = int(meta["step"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -517,7 +529,7 @@ def fit(run: Run, resume: Path | None = None, progress: bool = True) -> dict[str
                         found.update(result or {})
                     if found:
                         run.last_metrics = found
-                        metrics.write({"step": run.step, "epoch": epoch, **found})
+                        metrics.write({"step": run.step, "epoch": run.step / spe, **found})
                         hook.igan_log(run=run, step=run.step, values=found)
                     if main:
                         images = run.generate(run.fixed_z.shape[0], run.fixed_z)

@@ -55,8 +55,8 @@ def identical(out: Path, tmp: Path) -> None:
     for _ in range(4):
         train_step(run)
     ha = pm.get_plugin("historical_averaging.run")
-    ema = pm.get_plugin("semisup.run").ema
-    tensors = [*ha.means["G"], *ha.means["D"], *ema.state_dict().values(), *run.discriminator.parameters()]
+    ema = pm.get_plugin("semisup.run").avg
+    tensors = [*ha.means["G"], *ha.means["D"], *ema.values(), *run.discriminator.parameters()]
     flat = torch.cat([t.detach().reshape(-1).double() for t in tensors])
     gathered = [torch.empty_like(flat) for _ in range(run.dist.world)]
     dist.all_gather(gathered, flat)

@@ -137,7 +137,8 @@ def test_cli_train_then_sample(tmp_path: Path, flags: list[str]) -> None:
     wn = "--no-wn" not in flags
     assert any(is_weight_normed(m) for m in models.discriminator.modules()) == wn
     assert any(is_weight_normed(m) for m in models.generator.modules()) == wn
-    assert any(isinstance(m, GaussianNoise) for m in models.discriminator.modules()) == ("--no-d-noise" not in flags)
+    noise = "--no-d-noise" not in flags
+    assert any(isinstance(m, GaussianNoise) for m in models.discriminator.modules()) == noise
     assert isinstance(models.generator, VBNGenerator) == ("--vbn" in flags)
     assert isinstance(models.discriminator.mbd, MinibatchDiscrimination) == ("--mbd" in flags)
 
@@ -440,6 +441,17 @@ def test_bad_combinations_are_usage_errors(tmp_path: Path, capsys, argv: list[st
     assert f"error: {message}" in err
     assert "hint:" in err
     assert not (out / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("flag", ["--dropout", "--no-dropout"])
+def test_switch_of_another_model_family_is_a_usage_error(tmp_path: Path, capsys, flag: str) -> None:
+    """--dropout/--no-dropout belong to the conv discriminators; on the MLP pair they are a usage
+    error naming the flag (exit 2), not a crash inside the model builder."""
+    out = tmp_path / "run"
+    code = run_cli(["train", "--steps", 1, "--batch-size", 10, "--device", "cpu", "--out", out, flag])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "error:" in err and "dropout" in err and "TypeError" not in err
 
 
 # ----------------------------------------------------------------------------------------------

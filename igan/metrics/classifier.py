@@ -67,7 +67,7 @@ RECIPES: dict[str, ClassifierRecipe] = {
     # 1500 training images: 20 short epochs (600 steps, about a second on a CPU); about 92% test
     # accuracy on igan's fixed split (its last 297 images; 1-nearest-neighbour gets 94.6% there).
     "digits": ClassifierRecipe(hidden=(256, 128), epochs=20, batch_size=50),
-    # 60,000 training images: a few epochs reach about 98% test accuracy.
+    # 60,000 training images: 5 epochs (3000 steps) reach 97.8% test accuracy (CPU, one thread).
     "mnist": ClassifierRecipe(hidden=(512, 256), epochs=5, batch_size=100),
 }
 
@@ -161,7 +161,7 @@ def train_classifier(x_train: Tensor, y_train: Tensor, x_test: Tensor | None, y_
     order = torch.Generator().manual_seed(recipe.seed)
     x, y = x_train.to(device), y_train.to(device)
     n = x.shape[0]
-    with torch.autocast(device_type=device.type, enabled=False), _single_thread_if_tiny(model, device):
+    with torch.autocast(device_type=device.type, enabled=False), _one_cpu_thread(device):
         for _ in range(recipe.epochs):
             perm = torch.randperm(n, generator=order).to(device)
             for i in range(0, n, recipe.batch_size):
@@ -176,18 +176,18 @@ def train_classifier(x_train: Tensor, y_train: Tensor, x_test: Tensor | None, y_
 
 
 @contextlib.contextmanager
-def _single_thread_if_tiny(model: PixelMLP, device: torch.device) -> Iterator[None]:
-    """Train a tiny MLP on one CPU thread: its ops are too small to split, and on a busy machine the
-    threads of each op wait for each other (the 8x8 digits classifier trains 10x faster this way)."""
-    first = model.body[0] if len(model.body) else model.head
-    tiny = device.type == "cpu" and first.in_features * first.out_features <= 1 << 16
+def _one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """Train on one CPU thread. The MLP's ops are small (a 100 x 784 x 512 matmul at most), so extra
+    threads gain little, and on a busy machine they mostly wait for each other: measured on 2 shared
+    cores, a MNIST step took 15 ms with one thread and 255 ms with two. The setting is restored after."""
     threads = torch.get_num_threads()
-    if tiny and threads > 1:
+    switch = device.type == "cpu" and threads > 1
+    if switch:
         torch.set_num_threads(1)
     try:
         yield
     finally:
-        if tiny and threads > 1:
+        if switch:
             torch.set_num_threads(threads)
 
 

@@ -12,11 +12,14 @@ is the default generator loss (``igan.techniques.feature_matching``). The labell
 class-balanced and chosen by ``--label-seed`` exactly as the reference (``RandomState(seed_data)``).
 
 Test error is measured with an exponential moving average of D's parameters (decay 0.9999 as the
-reference), with D's noise/dropout off. Unlike the reference, the average starts from the current
-weights instead of zeros, so early numbers are not biased towards zero weights (paper-notes §6.1), and
-the decay warms up as min(decay, (1 + t) / (10 + t)) after t updates (as TensorFlow's
-ExponentialMovingAverage with num_updates): otherwise a short run (a few thousand steps) would be
-evaluated with weights that are still mostly the initial ones (0.9999^1000 = 0.90).
+reference), with D's noise/dropout off. The reference starts the average at zeros, which biases it
+towards zero for the first ~10k steps (paper-notes §6.1). igan keeps the zero start (so the average
+covers the whole history with the reference's weights) and removes the bias as Adam does: evaluation
+uses avg / (1 - decay^t). Two alternatives were tried and rejected: starting the average from the
+initial weights makes a run of a few thousand steps evaluate weights that are still mostly the
+initial ones (0.9999^1000 = 0.90 of them); warming the decay up as min(decay, (1+t)/(10+t)) removes that
+but shortens the averaging window to ~t/10 steps, and measured worse on MNIST (15.9 % vs the reference
+curve's 12.6 % test error at epoch 10).
 """
 
 from __future__ import annotations
@@ -98,8 +101,9 @@ class SemiSupervised:
         self.weight = config.opt("unlabeled_weight", 1.0)
         self.decay = config.opt("ema_decay", 0.9999)
         self.supervised_only = bool(config.opt("supervised_only"))
-        self.ema: nn.Module | None = None
-        self.pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.ema: nn.Module | None = None  # evaluation copy of D, holding the bias-corrected average
+        self.sources: dict[str, torch.Tensor] = {}  # D's state (shares storage with its parameters)
+        self.avg: dict[str, torch.Tensor] = {}  # zero-initialised moving averages, as the reference
         self.updates = 0
 
     @hookimpl
@@ -117,8 +121,8 @@ class SemiSupervised:
         run.sampler.use_labeled(idx)
         run.sampler.use_generator_real()  # FM compares with an independent real batch (reference)
         self.ema = copy.deepcopy(run.discriminator).eval().requires_grad_(False)
-        src = run.discriminator.state_dict()  # these tensors share storage with D's parameters
-        self.pairs = [(v, src[k]) for k, v in self.ema.state_dict().items()]
+        self.sources = run.discriminator.state_dict()
+        self.avg = {k: torch.zeros_like(v) for k, v in self.sources.items() if v.is_floating_point()}
 
     @hookimpl
     def igan_discriminator_loss(self, step):
@@ -132,14 +136,20 @@ class SemiSupervised:
 
     @hookimpl
     def igan_after_optimizer_step(self, step, net):
-        if net == "D":  # ema += (1 - decay_t) * (theta - ema)
+        if net == "D":  # avg += (1 - decay) * (theta - avg)
             self.updates += 1
-            decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-            for avg, value in self.pairs:
-                if avg.is_floating_point():
-                    avg.lerp_(value, 1.0 - decay)
-                else:
-                    avg.copy_(value)
+            for name, avg in self.avg.items():
+                avg.lerp_(self.sources[name], 1.0 - self.decay)
+
+    def refresh(self) -> nn.Module:
+        """Put the bias-corrected average avg / (1 - decay^t) into the evaluation copy of D."""
+        if self.updates:
+            correction = 1.0 - self.decay ** self.updates
+            state = {k: self.avg[k] / correction if k in self.avg else v for k, v in self.sources.items()}
+        else:
+            state = self.sources
+        self.ema.load_state_dict(state)
+        return self.ema
 
     @hookimpl
     def igan_epoch_end(self, run, epoch):
@@ -147,15 +157,18 @@ class SemiSupervised:
         n = ds.x_test.shape[0]
         per = -(-n // run.dist.world)  # each process scores its own part of the test set; counts are summed
         lo, hi = run.dist.rank * per, min(n, (run.dist.rank + 1) * per)
-        wrong = torch.tensor(test_errors(self.ema, ds.x_test[lo:hi], ds.y_test[lo:hi], ds.to_float))
+        wrong = torch.tensor(test_errors(self.refresh(), ds.x_test[lo:hi], ds.y_test[lo:hi], ds.to_float))
         wrong = int(run.dist.sum(wrong.to(run.device)))
-        return {"test_errors": wrong, "test_error": wrong / n}
+        return {"test_errors": wrong, "test_error": wrong / n, "test_size": n}
 
     @hookimpl
     def igan_checkpoint_tensors(self, run):
-        return {"updates": torch.tensor(self.updates), **{f"ema.{k}": v for k, v in self.ema.state_dict().items()}}
+        # avg.* resumes the average exactly; ema.* is the corrected average that `igan evaluate` uses
+        return {"updates": torch.tensor(self.updates), **{f"avg.{k}": v for k, v in self.avg.items()},
+                **{f"ema.{k}": v for k, v in self.refresh().state_dict().items()}}
 
     @hookimpl
     def igan_restore_tensors(self, run, tensors):
         self.updates = int(tensors["updates"])
-        self.ema.load_state_dict({k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")})
+        for name, avg in self.avg.items():
+            avg.copy_(tensors[f"avg.{name}"])

@@ -30,7 +30,7 @@ PANEL = "Logging"
 
 @hookimpl
 def igan_addoption(parser):
-    parser.add("tensorboard", bool, panel=PANEL,
+    parser.add("tensorboard", bool, panel=PANEL, run_only=True,
                help="also write TensorBoard event files to <run>/tensorboard/ (losses, metrics, learning "
                     f"rates, sample grids, config); needs {HINT}")
 

@@ -19,11 +19,27 @@ Where the average is used:
   which igan calls when it writes the epoch's checkpoint right after the grid, copies the trained
   weights back (bit for bit, in place, so the optimizer's state still matches). The checkpoint's
   ``G.*`` tensors are therefore the trained weights, and ``--resume`` continues training exactly.
+  docs/hooks.md states that ``igan_epoch_end`` fires before the epoch's grid and checkpoint are
+  written; the plugin also relies on two things no contract states: that every epoch end writes a
+  checkpoint right after the grid, and that igan copies G's tensors only after the
+  ``igan_checkpoint_tensors`` hooks have run (the tests check both). A training step that finds the
+  averages still in G stops with an error instead of training them.
+  Under ``torchrun`` only rank 0 (``run.dist.is_main``), which draws the grid and writes the
+  checkpoint, swaps.
 - ``igan sample`` / ``igan evaluate``: **not directly.** They load the checkpoint's ``G.*`` weights,
   and no hook lets a plugin see a checkpoint's tensors when a model is loaded for inference.
   ``igan g-ema-export CHECKPOINT -o ema.safetensors`` (a command of this plugin) writes a copy whose
   ``G.*`` are the averaged weights; sample or evaluate that copy. Resuming training from the copy is
   refused.
+
+What igan lacks for a cleaner version (proposed to igan's maintainers):
+
+- ``igan_prepare_inference(models, config, tensors)``, fired by ``igan sample`` / ``igan evaluate``
+  after they load a checkpoint's weights, with the plugin's own ``plugin.<name>.*`` tensors: the plugin
+  would copy the averages into G there, and ``g-ema-export`` would no longer be needed;
+- a wrapper hook around training-time sampling (the epoch grid, ``Run.generate``), e.g.
+  ``@hookimpl(wrapper=True) def igan_generate(run, n, z)``, fired on every rank: swap in before
+  ``yield``, swap out after it, instead of relying on the epoch-end order and on ``run.dist``.
 """
 
 from __future__ import annotations
@@ -131,8 +147,12 @@ class GenEma:
     @igan.hookimpl(tryfirst=True)
     def igan_epoch_end(self, run, epoch):
         # igan draws the epoch's sample grid right after the igan_epoch_end hooks, then writes the
-        # checkpoint: the averages stay in G until igan_checkpoint_tensors below.
-        self.swap_in()
+        # checkpoint: the averages stay in G until igan_checkpoint_tensors below. Under torchrun only
+        # rank 0 draws the grid and writes the checkpoint (other ranks never call igan_checkpoint_tensors),
+        # so only rank 0 swaps; the other ranks' G keeps training with its own weights.
+        dist = getattr(run, "dist", None)
+        if dist is None or dist.is_main:
+            self.swap_in()
         return None
 
     @igan.hookimpl
@@ -189,7 +209,8 @@ def export_ema_checkpoint(checkpoint: Path, out: Path) -> int:
         raise igan.IganError(f"checkpoint not found: {checkpoint}",
                              hint="pass the .safetensors file inside a run's checkpoints/ folder")
     if out.resolve() == checkpoint.resolve():
-        raise igan.UsageError("--out is the checkpoint itself", hint="write the averaged copy to another file")
+        raise igan.UsageError("--out is the checkpoint itself",
+                              hint="write the averaged copy to another file")
     try:
         with safe_open(str(checkpoint), framework="pt") as f:
             meta = f.metadata() or {}

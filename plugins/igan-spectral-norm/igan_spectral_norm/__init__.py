@@ -34,7 +34,7 @@ from importlib import metadata
 
 import igan
 
-__all__ = ["apply_spectral_norm", "SN_LAYERS"]
+__all__ = ["apply_spectral_norm"]
 
 try:
     __version__ = metadata.version("igan-spectral-norm")
@@ -59,7 +59,8 @@ def igan_configure(config, pm):
         return
     if config.model_kwargs.get("wn") is True:
         raise igan.UsageError("--sn replaces weight normalisation in D, but --wn asks to keep it",
-                              hint="drop --wn (G keeps its weight norm, D gets spectral norm), or pass --no-wn")
+                              hint="drop --wn (G keeps its weight norm, D gets spectral norm), "
+                                   "or pass --no-wn")
 
 
 @igan.hookimpl(trylast=True)
@@ -73,9 +74,6 @@ def _sn_layer_types():
 
     return (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
             nn.ConvTranspose3d)
-
-
-SN_LAYERS = "nn.Linear, nn.Conv1d/2d/3d, nn.ConvTranspose1d/2d/3d"
 
 
 def _plain_copy(layer):
