@@ -99,8 +99,18 @@ class ModelDef:
     description: str = ""
 
     def build(self, image_shape: tuple[int, int, int], num_logits: int, **overrides: Any) -> Models:
-        args = {**self.kwargs, **{k: v for k, v in overrides.items() if v is not None}}
-        return self.builder(image_shape, num_logits, **args)
+        import inspect
+
+        from igan.errors import UsageError
+
+        given = {k: v for k, v in overrides.items() if v is not None}
+        accepted = inspect.signature(self.builder).parameters
+        unknown = [k for k in given if k not in accepted and k != "value_range"]
+        if unknown:
+            raise UsageError(f"model {self.name} has no {', '.join(unknown)} switch",
+                             hint="--d-noise applies to the MLP models, --dropout to the conv models; "
+                                  "drop the switch or choose another --model")
+        return self.builder(image_shape, num_logits, **{**self.kwargs, **given})
 
 
 # ----------------------------------------------------------------------------------------------

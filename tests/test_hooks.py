@@ -144,7 +144,8 @@ def test_spy_records_documented_hook_order(tmp_path):
     assert spy.seen["grad_enabled"] == {False}
     # what igan_epoch_end returns goes to metrics.jsonl
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert {"step": 2, "epoch": 1, "spy_score": 0.25} in records
+    # metric records carry the same fractional epoch (step / steps per epoch) as the loss records
+    assert {"step": 2, "epoch": 2 / run.steps_per_epoch, "spy_score": 0.25} in records
 
 
 def test_spy_generator_hooks_repeat_g_steps_times(tmp_path):
