@@ -48,10 +48,10 @@ class Restored:
 
 
 def restore_models(path: Path, device_name: str = "auto", pm=None) -> Restored:
-    from igan.checkpoint import load_checkpoint, prefixed
+    from igan.checkpoint import load_checkpoint
     from igan.config import RunConfig
     from igan.plugins import get_plugin_manager
-    from igan.train import build_models, configure, model_registry, resolve_device
+    from igan.train import build_models, configure, load_weights, model_registry, resolve_device
 
     device = resolve_device(device_name)
     tensors, meta = load_checkpoint(path, device)
@@ -78,12 +78,7 @@ def restore_models(path: Path, device_name: str = "auto", pm=None) -> Restored:
     d = meta["data"]
     value_range = (d["shift"], d["max_value"] * d["scale"] + d["shift"])
     models = build_models(pm, config, registry[config.model], tuple(d["image_shape"]), value_range)
-    try:
-        models.generator.load_state_dict(prefixed(tensors, "G"))
-        models.discriminator.load_state_dict(prefixed(tensors, "D"))
-    except RuntimeError as exc:
-        raise IganError(f"{path} does not fit the model its metadata describes: {str(exc).splitlines()[0]}",
-                        hint="the file was edited or written by an incompatible plugin version") from exc
+    load_weights(models, tensors, path, "the file was edited or written by an incompatible plugin version")
     models.generator.to(device)
     models.discriminator.to(device).eval()  # noise/dropout off; G keeps batch statistics (reference)
     return Restored(models, config, meta, tensors, device)

@@ -273,6 +273,16 @@ def _extra_terms(step: Step, net: str) -> torch.Tensor | float:
     return total
 
 
+def _update(opt: torch.optim.Optimizer, loss: torch.Tensor, step: Step, net: str) -> None:
+    """One optimizer update of ``net``, then the after-step hook (under no_grad) and the log entry."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    with torch.no_grad():
+        step.run.pm.hook.igan_after_optimizer_step(step=step, net=net)
+    step.log(f"loss/{net}", loss)
+
+
 def train_step(run: Run) -> dict[str, torch.Tensor]:
     """One D update then ``g_steps`` G updates. Returns the step's logged scalars (device tensors)."""
     hook = run.pm.hook
@@ -293,13 +303,7 @@ def train_step(run: Run) -> dict[str, torch.Tensor]:
         step.d_lab = D(step.x_lab)
 
     # ---- discriminator -----------------------------------------------------------------------
-    loss_d = hook.igan_discriminator_loss(step=step) + _extra_terms(step, "D")
-    run.opt_d.zero_grad(set_to_none=True)
-    loss_d.backward()
-    run.opt_d.step()
-    with torch.no_grad():
-        hook.igan_after_optimizer_step(step=step, net="D")
-    step.log("loss/D", loss_d)
+    _update(run.opt_d, hook.igan_discriminator_loss(step=step) + _extra_terms(step, "D"), step, "D")
 
     # ---- generator ---------------------------------------------------------------------------
     # D's parameters are frozen here so G's backward pass does no weight-gradient work for D; D is called
@@ -319,13 +323,7 @@ def train_step(run: Run) -> dict[str, torch.Tensor]:
                 step.z = run.sample_z(n)
                 step.fake = G(step.z)
             step.d_fake = D(step.fake)
-            loss_g = hook.igan_generator_loss(step=step) + _extra_terms(step, "G")
-            run.opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            run.opt_g.step()
-            with torch.no_grad():
-                hook.igan_after_optimizer_step(step=step, net="G")
-            step.log("loss/G", loss_g)
+            _update(run.opt_g, hook.igan_generator_loss(step=step) + _extra_terms(step, "G"), step, "G")
     finally:
         for p in run.d_trainable:
             p.requires_grad_(True)
@@ -383,6 +381,15 @@ def save_run(run: Run, path: Path | None = None) -> Path:
     return path
 
 
+def load_weights(models: Models, tensors: dict[str, torch.Tensor], path: Path, hint: str) -> None:
+    """Load a checkpoint's G./D. tensors; a mismatch is a one-line error, not a state-dict traceback."""
+    try:
+        models.generator.load_state_dict(prefixed(tensors, "G"))
+        models.discriminator.load_state_dict(prefixed(tensors, "D"))
+    except RuntimeError as exc:
+        raise IganError(f"{path} does not fit the model: {str(exc).splitlines()[0]}", hint=hint) from exc
+
+
 def check_compatible(config: RunConfig, meta: dict[str, Any], path: Path, parser=None) -> None:
     """Refuse a checkpoint made with another model or technique set. Options the checkpoint predates
     count as their defaults; run-only options (loggers) may differ."""
@@ -410,12 +417,7 @@ def restore_run(run: Run, path: Path) -> None:
 
     tensors, meta = load_checkpoint(path, run.device)
     check_compatible(run.config, meta, path, collect_options(run.pm))
-    try:
-        run.generator.load_state_dict(prefixed(tensors, "G"))
-        run.discriminator.load_state_dict(prefixed(tensors, "D"))
-    except RuntimeError as exc:
-        raise IganError(f"{path} does not fit this model: {str(exc).splitlines()[0]}",
-                        hint="the checkpoint was made with another architecture or technique set") from exc
+    load_weights(run.models, tensors, path, "the checkpoint was made with another architecture or technique set")
     groups = meta["opt_groups"]
     unflatten_optimizer(run.opt_g, prefixed(tensors, "opt_G"), groups["G"])
     unflatten_optimizer(run.opt_d, prefixed(tensors, "opt_D"), groups["D"])
