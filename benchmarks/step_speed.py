@@ -95,7 +95,10 @@ class BenchData:
                              "random MNIST-shaped images for benchmarks"))
 
 
-def make_igan_run(workload: str, device: str, run_dir: Path, noise: bool = True, seed: int = 0) -> Run:
+def make_igan_run(workload: str, device: str, run_dir: Path, noise: bool = True, seed: int = 0,
+                  dtype: torch.dtype = torch.float32) -> Run:
+    """igan's run as ``igan semisup`` / ``igan train`` builds it. ``dtype=torch.float64`` (equivalence check
+    only) converts the initialised models and the batches to double precision; z follows the default dtype."""
     command = WORKLOADS[workload]
     pm = get_plugin_manager(extra=[("bench_data", BenchData())])
     config = RunConfig(command=command, dataset="bench_mnist", model="mnist_mlp", batch_size=100,
@@ -103,6 +106,11 @@ def make_igan_run(workload: str, device: str, run_dir: Path, noise: bool = True,
                        model_kwargs={} if noise else {"noise": False},
                        options=collect_options(pm).defaults(command))
     run = build_run(config, pm, run_dir)
+    if dtype != torch.float32:
+        run.generator.to(dtype)  # in place: the optimizers keep the same Parameter objects
+        run.discriminator.to(dtype)
+        ds = run.dataset
+        run.data = lambda idx: ds.x_train[idx].to(dtype) * ds.scale + ds.shift
     pm.hook.igan_train_start(run=run)  # fit() does this: labelled subset, FM real stream, EMA state
     return run
 
@@ -147,12 +155,12 @@ class HandG(nn.Module):
     """z(100) -> [Linear -> BN without scale -> softplus] x 2 -> weight-normed Linear -> sigmoid."""
 
     def __init__(self, z_dim: int = 100, hidden: tuple[int, ...] = (500, 500), n_out: int = 784,
-                 eps: float = 1e-6) -> None:
+                 eps: float = 1e-6, wn: str = "parametrize") -> None:
         super().__init__()
         dims = (z_dim, *hidden)
         self.fcs = nn.ModuleList(nn.Linear(a, b, bias=False) for a, b in zip(dims, dims[1:]))
         self.bn_b = nn.ParameterList(nn.Parameter(torch.zeros(b)) for b in hidden)
-        self.out = WNLinear(dims[-1], n_out, train_g=True)
+        self.out = WN_LAYERS[wn](dims[-1], n_out, train_g=True)
         self.eps = eps
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -168,11 +176,11 @@ class HandD(nn.Module):
     """784 -> noise 0.3 -> [WN Linear -> ReLU -> noise 0.5] x 5 (features before the last noise) -> WN Linear K."""
 
     def __init__(self, k: int, hidden: tuple[int, ...] = (1000, 500, 250, 250, 250), n_in: int = 784,
-                 noise: bool = True) -> None:
+                 noise: bool = True, wn: str = "parametrize") -> None:
         super().__init__()
         dims = (n_in, *hidden)
-        self.hidden = nn.ModuleList(WNLinear(a, b, train_g=False) for a, b in zip(dims, dims[1:]))
-        self.out = WNLinear(dims[-1], k, train_g=True)
+        self.hidden = nn.ModuleList(WN_LAYERS[wn](a, b, train_g=False) for a, b in zip(dims, dims[1:]))
+        self.out = WN_LAYERS[wn](dims[-1], k, train_g=True)
         self.noise = noise
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -220,12 +228,13 @@ class HandSampler:
 class Hand:
     """Everything the hand-written step needs: models, optimizers, data on the device, EMA buffers."""
 
-    def __init__(self, run: Run, workload: str) -> None:
+    def __init__(self, run: Run, workload: str, wn: str = "parametrize", dtype=torch.float32) -> None:
         dev, k = run.device, run.discriminator.num_logits
         noise = not isinstance(run.discriminator.pre_out, nn.Identity)
         self.workload = workload
-        self.G = HandG().to(dev)
-        self.D = HandD(k, noise=noise).to(dev)
+        self.G = HandG(wn=wn).to(dev, dtype)
+        self.D = HandD(k, noise=noise, wn=wn).to(dev, dtype)
+        self.dtype = dtype
         copy_weights(run, self)  # same starting point as igan (its data-dependent init)
         self.x = run.dataset.x_train  # uint8 on the device
         self.y = run.dataset.y_train
@@ -237,7 +246,8 @@ class Hand:
         self.opt_g = torch.optim.Adam([p for p in self.G.parameters() if p.requires_grad], **adam)
         self.opt_d = torch.optim.Adam(self.d_train, **adam)
         self.ema_decay = 0.9999
-        self.ema = [torch.zeros_like(p) for p in self.D.parameters()]
+        self.d_all = [t for m in [*self.D.hidden, self.D.out] for t in m.vgb()]  # what the EMA averages
+        self.ema = [torch.zeros_like(p) for p in self.d_all]
         labeled = None
         if workload == "semisup":
             labeled = run.sampler.labeled.pool  # the same class-balanced labelled subset as igan's
@@ -246,7 +256,7 @@ class Hand:
         self.device = dev
 
     def data(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.x[idx].float() * self.scale
+        return self.x[idx].to(self.dtype) * self.scale
 
 
 def hand_step(h: Hand, batch=None) -> dict[str, torch.Tensor]:
@@ -270,7 +280,7 @@ def hand_step(h: Hand, batch=None) -> dict[str, torch.Tensor]:
     loss_d.backward()
     h.opt_d.step()
     with torch.no_grad():
-        for avg, p in zip(h.ema, D.parameters()):
+        for avg, p in zip(h.ema, h.d_all):
             avg.lerp_(p, 1.0 - h.ema_decay)
 
     for p in h.d_train:  # no weight gradients for D in G's backward
@@ -308,11 +318,10 @@ def copy_weights(run: Run, h: Hand) -> None:
     _copy_wn(h.D.out, idd.out)
 
 
-def _copy_wn(mine: WNLinear, theirs: nn.Linear) -> None:
+def _copy_wn(mine: nn.Module, theirs: nn.Linear) -> None:
     par = theirs.parametrizations.weight
-    mine.g.copy_(par.original0.reshape(mine.g.shape))
-    mine.v.copy_(par.original1)
-    mine.b.copy_(theirs.bias)
+    for dst, src in zip(mine.vgb(), [par.original1, par.original0, theirs.bias]):
+        dst.copy_(src.reshape(dst.shape))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -336,15 +345,23 @@ def igan_params(run: Run) -> list[torch.Tensor]:
 
 
 def hand_params(h: Hand) -> list[torch.Tensor]:
-    out = [m.weight for m in h.G.fcs] + list(h.G.bn_b) + [h.G.out.v, h.G.out.g, h.G.out.b]
-    for m in [*h.D.hidden, h.D.out]:
-        out += [m.v, m.g, m.b]
-    return out
+    return [m.weight for m in h.G.fcs] + list(h.G.bn_b) + h.G.out.vgb() + h.d_all
 
 
-def check_equivalence(workload: str, device: str, noise: bool, steps: int, tmp: Path) -> dict:
-    run = make_igan_run(workload, device, tmp / f"eq_{workload}_{noise}", noise=noise)
-    h = Hand(run, workload)
+def check_equivalence(workload: str, device: str, noise: bool, steps: int, tmp: Path, wn: str,
+                      dtype: torch.dtype = torch.float32) -> dict:
+    """Run igan and the hand-written step side by side from the same weights, z and batch indices."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # z = torch.rand(...) on both sides
+    try:
+        return _check_equivalence(workload, device, noise, steps, tmp, wn, dtype)
+    finally:
+        torch.set_default_dtype(before)
+
+
+def _check_equivalence(workload, device, noise, steps, tmp, wn, dtype) -> dict:
+    run = make_igan_run(workload, device, tmp / f"eq_{workload}_{noise}_{dtype}", noise=noise, dtype=dtype)
+    h = Hand(run, workload, wn=wn, dtype=dtype)
     start = max((a - b.reshape(a.shape)).abs().max().item()
                 for a, b in zip(hand_params(h), igan_params(run)))
     recorded = []
@@ -358,6 +375,9 @@ def check_equivalence(workload: str, device: str, noise: bool, steps: int, tmp: 
     run.sampler.next = recording_next  # replay igan's batch indices to the hand-written step
     loss_diff: dict[str, float] = defaultdict(float)
     first: dict[str, list[float]] = {}
+    grads: dict[str, list[torch.Tensor]] = {}
+    for key, opt in (("igan_D", run.opt_d), ("igan_G", run.opt_g), ("hand_D", h.opt_d), ("hand_G", h.opt_g)):
+            _capture_grads(opt, grads, key)
     for i in range(steps):
         torch.manual_seed(100 + i)
         logs = train_step(run)
@@ -380,9 +400,32 @@ def check_equivalence(workload: str, device: str, noise: bool, steps: int, tmp: 
         for n in d_lin:
             names += [f"{n}.parametrizations.weight.original1", f"{n}.parametrizations.weight.original0", f"{n}.bias"]
         ema_diff = max((avg[n] - e.reshape(avg[n].shape)).abs().max().item() for n, e in zip(names, h.ema))
-    return {"workload": workload, "noise": noise, "steps": steps, "start_param_max_abs_diff": start,
+    grad_diff = {}
+    for net, mine_list in (("D", h.d_train), ("G", [p for p in h.G.parameters() if p.requires_grad])):
+        # match gradients by parameter: igan's parameters in the hand-written order
+        pairs = dict(zip(map(id, hand_params(h)), igan_params(run)))
+        theirs_list = [pairs[id(p)] for p in mine_list]
+        g_i = dict(zip(map(id, [p for grp in run.opt_d.param_groups + run.opt_g.param_groups
+                                 for p in grp["params"]]), grads["igan_D"] + grads["igan_G"]))
+        num = max((g_i[id(t)] - g.reshape(t.shape)).abs().max().item() for t, g in zip(theirs_list, grads[f"hand_{net}"]))
+        den = max(g.abs().max().item() for g in grads[f"hand_{net}"])
+        grad_diff[net] = num / max(den, 1e-300)
+    return {"workload": workload, "noise": noise, "dtype": str(dtype).replace("torch.", ""), "steps": steps,
+            "hand_weight_norm": wn, "start_param_max_abs_diff": start,
             "first_step_losses_igan_hand": first, "max_rel_loss_diff": dict(loss_diff),
+            "first_step_grad_max_diff_rel_to_max_grad": grad_diff,
             "param_max_abs_diff_after": param_diff, "ema_max_abs_diff_after": ema_diff}
+
+
+def _capture_grads(opt: torch.optim.Optimizer, store: dict, key: str) -> None:
+    step = opt.step
+
+    def capturing_step(*a, **k):
+        if key not in store:
+            store[key] = [p.grad.detach().clone() for grp in opt.param_groups for p in grp["params"]]
+        return step(*a, **k)
+
+    opt.step = capturing_step
 
 
 # ----------------------------------------------------------------------------------------------

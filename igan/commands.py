@@ -79,6 +79,12 @@ def restore_models(path: Path, device_name: str = "auto", pm=None) -> Restored:
     value_range = (d["shift"], d["max_value"] * d["scale"] + d["shift"])
     models = build_models(pm, config, registry[config.model], tuple(d["image_shape"]), value_range)
     load_weights(models, tensors, path, "the file was edited or written by an incompatible plugin version")
+    from igan.checkpoint import prefixed
+    from igan.train import hook_args
+
+    for impl in pm.hook.igan_prepare_inference.get_hookimpls():  # each plugin sees its own tensors
+        impl.function(**hook_args(impl, models=models, config=config,
+                              tensors=prefixed(tensors, f"plugin.{impl.plugin_name}")))
     models.generator.to(device)
     models.discriminator.to(device).eval()  # noise/dropout off; G keeps batch statistics (reference)
     return Restored(models, config, meta, tensors, device)

@@ -199,6 +199,15 @@ def igan_train_end(run: Run) -> None:
     """Clean-up after the last step, after the final checkpoint is written. Return nothing."""
 
 
+@hookspec(firstresult=True)
+def igan_sampling_generator(run: Run) -> torch.nn.Module | None:
+    """Return the generator to draw samples from during training (e.g. a moving average of G), or None.
+
+    firstresult: the first non-None module is used for the fixed-noise grids at each epoch end and for
+    ``Run.generate``; by default (None) the trained generator is used. The module must take z like G.
+    """
+
+
 # --------------------------------------------------------------------------------------------
 # Checkpoints
 
@@ -208,6 +217,16 @@ def igan_checkpoint_tensors(run: Run) -> dict[str, torch.Tensor] | None:
     """Return extra named tensors to save in the checkpoint (e.g. historical-average sums).
 
     The host prefixes each name with the plugin's name, so names only need to be unique per plugin.
+    """
+
+
+@hookspec
+def igan_prepare_inference(models: Models, config: RunConfig, tensors: dict[str, torch.Tensor]) -> None:
+    """Adjust a model pair loaded from a checkpoint for ``igan sample`` / ``igan evaluate``.
+
+    Fires after the checkpoint's G and D weights are loaded, with this plugin's own checkpoint tensors
+    (what it returned from ``igan_checkpoint_tensors``, names without the prefix; empty if none). A
+    generator-EMA plugin copies its averaged weights into ``models.generator`` here. Return nothing.
     """
 
 

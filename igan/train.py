@@ -146,11 +146,14 @@ class Run:
 
     @torch.no_grad()
     def generate(self, n: int, z: torch.Tensor | None = None, chunk: int = 500) -> torch.Tensor:
-        """uint8 [n, C, H, W] samples, produced in chunks so large n does not run out of memory."""
+        """uint8 [n, C, H, W] samples, produced in chunks so large n does not run out of memory.
+
+        Drawn from ``igan_sampling_generator``'s module when a plugin provides one (e.g. an EMA of G)."""
+        g = self.pm.hook.igan_sampling_generator(run=self) or self.generator
         out = []
         for i in range(0, n, chunk):
             zi = z[i:i + chunk] if z is not None else self.sample_z(min(chunk, n - i))
-            out.append(self.dataset.to_uint8(self.generator(zi)).cpu())
+            out.append(self.dataset.to_uint8(g(zi)).cpu())
         return torch.cat(out)
 
 
@@ -347,7 +350,7 @@ def run_state(run: Run) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if run.device.type == "cuda":
         tensors["rng.cuda"] = torch.cuda.get_rng_state(run.device)
     for impl in run.pm.hook.igan_checkpoint_tensors.get_hookimpls():
-        extra = impl.function(**_args(impl, run=run)) or {}
+        extra = impl.function(**hook_args(impl, run=run)) or {}
         tensors.update({f"plugin.{impl.plugin_name}.{k}": v for k, v in extra.items()})
     infos = getattr(run.pm, "igan_infos", {})
     meta = {"igan_version": __version__, "config": json.loads(run.config.to_json()),
@@ -360,7 +363,7 @@ def run_state(run: Run) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return tensors, meta
 
 
-def _args(impl: pluggy.HookImpl, **available: Any) -> dict[str, Any]:
+def hook_args(impl: pluggy.HookImpl, **available: Any) -> dict[str, Any]:
     return {k: v for k, v in available.items() if k in impl.argnames}
 
 
@@ -428,7 +431,7 @@ def restore_run(run: Run, path: Path) -> None:
     run.step = int(meta["step"])  # before the plugins, so they can rebuild schedules from it
     for impl in run.pm.hook.igan_restore_tensors.get_hookimpls():
         own = prefixed(tensors, f"plugin.{impl.plugin_name}")
-        impl.function(**_args(impl, run=run, tensors=own))
+        impl.function(**hook_args(impl, run=run, tensors=own))
 
 
 # ----------------------------------------------------------------------------------------------
