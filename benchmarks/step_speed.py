@@ -351,15 +351,6 @@ def hand_params(h: Hand) -> list[torch.Tensor]:
 def check_equivalence(workload: str, device: str, noise: bool, steps: int, tmp: Path, wn: str,
                       dtype: torch.dtype = torch.float32) -> dict:
     """Run igan and the hand-written step side by side from the same weights, z and batch indices."""
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # z = torch.rand(...) on both sides
-    try:
-        return _check_equivalence(workload, device, noise, steps, tmp, wn, dtype)
-    finally:
-        torch.set_default_dtype(before)
-
-
-def _check_equivalence(workload, device, noise, steps, tmp, wn, dtype) -> dict:
     run = make_igan_run(workload, device, tmp / f"eq_{workload}_{noise}_{dtype}", noise=noise, dtype=dtype)
     h = Hand(run, workload, wn=wn, dtype=dtype)
     start = max((a - b.reshape(a.shape)).abs().max().item()
@@ -377,13 +368,18 @@ def _check_equivalence(workload, device, noise, steps, tmp, wn, dtype) -> dict:
     first: dict[str, list[float]] = {}
     grads: dict[str, list[torch.Tensor]] = {}
     for key, opt in (("igan_D", run.opt_d), ("igan_G", run.opt_g), ("hand_D", h.opt_d), ("hand_G", h.opt_g)):
-            _capture_grads(opt, grads, key)
+        _capture_grads(opt, grads, key)
+    before = torch.get_default_dtype()
     for i in range(steps):
-        torch.manual_seed(100 + i)
-        logs = train_step(run)
-        run.step += 1
-        torch.manual_seed(100 + i)
-        mine = hand_step(h, recorded[-1])
+        torch.set_default_dtype(dtype)  # z = torch.rand(...) on both sides
+        try:
+            torch.manual_seed(100 + i)
+            logs = train_step(run)
+            run.step += 1
+            torch.manual_seed(100 + i)
+            mine = hand_step(h, recorded[-1])
+        finally:
+            torch.set_default_dtype(before)
         for key in ("loss/D", "loss/G"):
             a, b = float(logs[key]), float(mine[key])
             loss_diff[key] = max(loss_diff[key], abs(a - b) / max(abs(a), 1e-12))
@@ -400,16 +396,23 @@ def _check_equivalence(workload, device, noise, steps, tmp, wn, dtype) -> dict:
         for n in d_lin:
             names += [f"{n}.parametrizations.weight.original1", f"{n}.parametrizations.weight.original0", f"{n}.bias"]
         ema_diff = max((avg[n] - e.reshape(avg[n].shape)).abs().max().item() for n, e in zip(names, h.ema))
+
+    def by_param(opts, grad_lists):
+        params = [p for opt in opts for grp in opt.param_groups for p in grp["params"]]
+        return dict(zip(map(id, params), [g for gl in grad_lists for g in gl]))
+
+    g_igan = by_param([run.opt_d, run.opt_g], [grads["igan_D"], grads["igan_G"]])
+    g_hand = by_param([h.opt_d, h.opt_g], [grads["hand_D"], grads["hand_G"]])
+    n_g = len(hand_params(h)) - len(h.d_all)  # hand_params: G's tensors first, then D's
     grad_diff = {}
-    for net, mine_list in (("D", h.d_train), ("G", [p for p in h.G.parameters() if p.requires_grad])):
-        # match gradients by parameter: igan's parameters in the hand-written order
-        pairs = dict(zip(map(id, hand_params(h)), igan_params(run)))
-        theirs_list = [pairs[id(p)] for p in mine_list]
-        g_i = dict(zip(map(id, [p for grp in run.opt_d.param_groups + run.opt_g.param_groups
-                                 for p in grp["params"]]), grads["igan_D"] + grads["igan_G"]))
-        num = max((g_i[id(t)] - g.reshape(t.shape)).abs().max().item() for t, g in zip(theirs_list, grads[f"hand_{net}"]))
-        den = max(g.abs().max().item() for g in grads[f"hand_{net}"])
-        grad_diff[net] = num / max(den, 1e-300)
+    for net, sl in (("G", slice(0, n_g)), ("D", slice(n_g, None))):
+        diffs, scale = [], []
+        for mine, theirs in zip(hand_params(h)[sl], igan_params(run)[sl]):
+            if id(mine) in g_hand:  # trainable on both sides
+                gm, gt = g_hand[id(mine)], g_igan[id(theirs)]
+                diffs.append((gt - gm.reshape(gt.shape)).abs().max().item())
+                scale.append(gm.abs().max().item())
+        grad_diff[net] = max(diffs) / max(max(scale), 1e-300)
     return {"workload": workload, "noise": noise, "dtype": str(dtype).replace("torch.", ""), "steps": steps,
             "hand_weight_norm": wn, "start_param_max_abs_diff": start,
             "first_step_losses_igan_hand": first, "max_rel_loss_diff": dict(loss_diff),
@@ -450,7 +453,7 @@ def igan_stepper(run: Run):
 
 def bench_workload(workload: str, args, tmp: Path) -> dict:
     run = make_igan_run(workload, args.device, tmp / workload)
-    h = Hand(run, workload)
+    h = Hand(run, workload, wn=args.hand_wn)
     sync = torch.cuda.synchronize if run.device.type == "cuda" else (lambda: None)
     sides = {"igan": igan_stepper(run), "hand": lambda: hand_step(h)}
     for fn in sides.values():  # warm-up
@@ -551,6 +554,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads(N) first (default: PyTorch's default)")
     p.add_argument("--workloads", default="semisup,plain", help="comma-separated: semisup, plain")
+    p.add_argument("--hand-wn", choices=tuple(WN_LAYERS), default="parametrize",
+                   help="weight norm of the hand-written models: torch's parametrization (default; the fused "
+                        "_weight_norm kernel, as igan) or the formula g v / ||v|| written inline")
     p.add_argument("--check-steps", type=int, default=3, help="steps of the equivalence check (0: skip it)")
     p.add_argument("--profile", action="store_true", help="also profile both sides and time igan's hooks")
     p.add_argument("--profile-steps", type=int, default=20)
@@ -571,13 +577,16 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_name)
         if args.check_steps:
             for w in workloads:
-                for noise in (False, True):
-                    c = check_equivalence(w, args.device, noise, args.check_steps, tmp)
+                for dtype, noise in ((torch.float32, False), (torch.float32, True), (torch.float64, False),
+                                     (torch.float64, True)):
+                    c = check_equivalence(w, args.device, noise, args.check_steps, tmp, args.hand_wn, dtype)
                     checks.append(c)
-                    print(f"equivalence {w} noise={'on' if noise else 'off'}: start diff "
-                          f"{c['start_param_max_abs_diff']:.1e}, max rel loss diff "
-                          + ", ".join(f"{k} {v:.1e}" for k, v in c["max_rel_loss_diff"].items())
-                          + f", params after {c['steps']} steps {c['param_max_abs_diff_after']:.1e}"
+                    print(f"equivalence {w} {c['dtype']} noise {'on ' if noise else 'off'}: first-step losses "
+                          + ", ".join(f"{k} {a:.6g}/{b:.6g}" for k, (a, b) in c["first_step_losses_igan_hand"].items())
+                          + "; max rel loss diff " + ", ".join(f"{v:.1e}" for v in c["max_rel_loss_diff"].values())
+                          + "; step-1 grad diff/max " + ", ".join(
+                              f"{k} {v:.1e}" for k, v in c["first_step_grad_max_diff_rel_to_max_grad"].items())
+                          + f"; params after {c['steps']} steps {c['param_max_abs_diff_after']:.1e}"
                           + (f", EMA {c['ema_max_abs_diff_after']:.1e}" if c["ema_max_abs_diff_after"] is not None
                              else ""), file=sys.stderr)
         for w in workloads:
@@ -607,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
         "python": platform.python_version(), "model": "mnist_mlp", "batch_size": 100,
         "dataset": f"synthetic uint8 [{N_TRAIN}, 1, 28, 28] + {N_TEST} test",
-        "steps_per_round": args.steps, "rounds": args.rounds, "warmup_steps": args.warmup,
+        "hand_weight_norm": args.hand_wn, "steps_per_round": args.steps, "rounds": args.rounds, "warmup_steps": args.warmup,
         "loadavg_1_5_15_before": [round(v, 2) for v in load_before],
         "loadavg_1_5_15_after": [round(v, 2) for v in os.getloadavg()],
         "seconds": round(time.perf_counter() - t_start, 1),

@@ -16,7 +16,11 @@ and around the loop (``igan.train.fit``)::
 
     igan_configure -> igan_modify_models -> [data-dependent init] -> igan_label_targets
         -> igan_train_start -> (steps ...; igan_log at logging points)
-        -> igan_epoch_end at each epoch end (then igan_log) -> igan_train_end
+        -> igan_epoch_end at each epoch end (then igan_log; the sample grid from
+           igan_sampling_generator's module or G; the checkpoint) -> igan_train_end
+
+``sample``/``evaluate`` rebuild a checkpoint's models: igan_configure -> igan_modify_models ->
+[weights loaded] -> igan_prepare_inference.
 
 ``igan_checkpoint_tensors`` fires whenever a checkpoint is written, ``igan_restore_tensors`` when one
 is loaded (after ``igan_train_start``).

@@ -118,9 +118,24 @@ class ModelDef:
 
 
 def _linear(fin: int, fout: int, *, wn: bool, init_scale: float = 1.0, train_g: bool = False,
-            bias: bool = True) -> nn.Module:
+            bias: bool = True, std: float = 0.05) -> nn.Module:
+    # With weight norm and Adam the initial scale of v sets the effective learning rate of the weight
+    # directions (each element moves by about lr per step), so the reference's init matters: N(0, 0.1)
+    # for the MNIST DenseLayer's theta, N(0, 0.05) for the conv nets' dense layers (paper-notes §1.8).
     layer = nn.Linear(fin, fout, bias=bias)
+    nn.init.normal_(layer.weight, std=std)
+    if bias:
+        nn.init.zeros_(layer.bias)
     return weight_norm(layer, init_scale=init_scale, train_g=train_g) if wn else layer
+
+
+def _glorot_linear(fin: int, fout: int, bias: bool) -> nn.Linear:
+    """Lasagne's default DenseLayer init (Glorot uniform, zero bias), used by the reference MNIST G."""
+    layer = nn.Linear(fin, fout, bias=bias)
+    nn.init.xavier_uniform_(layer.weight)
+    if bias:
+        nn.init.zeros_(layer.bias)
+    return layer
 
 
 def _conv(cin: int, cout: int, k: int, stride: int = 1, pad: int = 1, *, wn: bool) -> nn.Module:
@@ -149,10 +164,10 @@ def build_mlp(image_shape: tuple[int, int, int], num_logits: int, *, g_hidden: t
     g_layers: list[nn.Module] = []
     fin = z_dim
     for width in g_hidden:
-        g_layers += [nn.Linear(fin, width, bias=False), BatchNormNoScale(width), nn.Softplus()]
+        g_layers += [_glorot_linear(fin, width, bias=False), BatchNormNoScale(width), nn.Softplus()]
         fin = width
     # The reference output layer is l2-normalised with a trainable scale and no data-dependent init.
-    out: nn.Module = nn.Linear(fin, n_pixels)
+    out: nn.Module = _glorot_linear(fin, n_pixels, bias=True)
     if wn:
         out = weight_norm(out, init_scale=None, train_g=True)
         with torch.no_grad():  # the reference scale starts at 1: unit-norm rows
@@ -166,13 +181,13 @@ def build_mlp(image_shape: tuple[int, int, int], num_logits: int, *, g_hidden: t
     d_layers: list[nn.Module] = [nn.Flatten(), noise_in]
     fin = n_pixels
     for i, width in enumerate(d_hidden):
-        d_layers += [_linear(fin, width, wn=wn), nn.ReLU()]
+        d_layers += [_linear(fin, width, wn=wn, std=0.1), nn.ReLU()]
         if i < len(d_hidden) - 1 and noise:
             d_layers.append(GaussianNoise(hidden_noise))
         fin = width
 
     def make_out(fin_: int, k: int) -> nn.Module:  # hidden g frozen, output g trainable (reference)
-        return _linear(fin_, k, wn=wn, train_g=True)
+        return _linear(fin_, k, wn=wn, train_g=True, std=0.1)
 
     discriminator = Discriminator(nn.Sequential(*d_layers), fin, num_logits, make_out,
                                   pre_out=GaussianNoise(hidden_noise) if noise else None)

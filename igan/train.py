@@ -105,7 +105,6 @@ class Run:
     targets: LabelTargets = LabelTargets()
     step: int = 0
     fixed_z: torch.Tensor | None = None
-    model_spec: dict[str, Any] = field(default_factory=dict)
     last_metrics: dict[str, float] = field(default_factory=dict)
     d_trainable: list[nn.Parameter] = field(default_factory=list)
     dist: Dist = Dist()

@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import pytest
 import torch
 import typer
@@ -36,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 SPY_HOOKS = [
     "igan_configure", "igan_modify_models", "igan_train_start", "igan_label_targets",
     "igan_discriminator_loss", "igan_extra_loss", "igan_after_optimizer_step", "igan_generator_loss",
-    "igan_log", "igan_epoch_end", "igan_checkpoint_tensors", "igan_train_end",
+    "igan_log", "igan_epoch_end", "igan_sampling_generator", "igan_checkpoint_tensors", "igan_train_end",
 ]
 
 
@@ -103,6 +104,10 @@ class Spy:
         return {"spy_score": 0.25}
 
     @hookimpl
+    def igan_sampling_generator(self, run):
+        self.calls.append(("igan_sampling_generator", run.step))
+
+    @hookimpl
     def igan_checkpoint_tensors(self, run):
         self.calls.append(("igan_checkpoint_tensors", run.step))
 
@@ -127,9 +132,10 @@ def test_spy_records_documented_hook_order(tmp_path):
     expected = [("igan_configure",), ("igan_modify_models",), ("igan_label_targets",), ("igan_train_start",)]
     expected += expected_step(0) + [("igan_log", 1, losses)]  # --log-every 1
     expected += expected_step(1) + [("igan_log", 2, losses)]
-    # the epoch ends with the last step: its metrics are logged, then the checkpoint is written
-    expected += [("igan_epoch_end", 1, 2), ("igan_log", 2, ("spy_score",)), ("igan_checkpoint_tensors", 2),
-                 ("igan_train_end", 2)]
+    # the epoch ends with the last step: its metrics are logged, the grid is drawn, then the checkpoint
+    # is written
+    expected += [("igan_epoch_end", 1, 2), ("igan_log", 2, ("spy_score",)), ("igan_sampling_generator", 2),
+                 ("igan_checkpoint_tensors", 2), ("igan_train_end", 2)]
     assert spy.calls == expected
     # the spy implements exactly the hooks listed in SPY_HOOKS, all of them real specs
     implemented = sorted(c.name for c in run.pm.get_hookcallers(spy))
@@ -419,6 +425,128 @@ def test_hook_igan_restore_tensors(tmp_path):
     assert second.n == 3
     tensors, _ = load_checkpoint(ckpt)
     assert int(tensors["plugin.counter.n"]) == 3
+
+
+class Constant(torch.nn.Module):
+    """A "generator" whose every output pixel is ``value``: [N, *image_shape]."""
+
+    def __init__(self, image_shape, value: float) -> None:
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        self.value = value
+
+    def forward(self, z):
+        return torch.full((z.shape[0], *self.image_shape), self.value, device=z.device)
+
+
+def test_hook_igan_sampling_generator(tmp_path):
+    from PIL import Image
+
+    from igan.images import make_grid
+
+    class Sampler:
+        """Returns a constant generator for training-time samples."""
+
+        def __init__(self) -> None:
+            self.module: Constant | None = None
+            self.calls: list[int] = []
+
+        @hookimpl
+        def igan_train_start(self, run):
+            lo, hi = run.dataset.value_range
+            self.module = Constant(run.dataset.image_shape, lo + 0.25 * (hi - lo))
+
+        @hookimpl
+        def igan_sampling_generator(self, run):
+            self.calls.append(run.step)
+            return self.module
+
+    class Abstains:  # registered later, so asked first: None lets the next implementation decide
+        def __init__(self) -> None:
+            self.calls = 0
+
+        @hookimpl
+        def igan_sampling_generator(self, run):
+            self.calls += 1
+
+    sampler, abstains = Sampler(), Abstains()
+    run = make_run(tmp_path / "run", ("sampler", sampler), ("abstains", abstains), steps=2)
+    g0 = _state(run.generator)
+    fit(run, progress=False)
+    assert sampler.calls == [2] and abstains.calls == 1  # once, for the epoch-end grid
+    assert not _same(g0, _state(run.generator))  # G itself trained as usual
+
+    fixed = run.fixed_z.shape[0]
+    with torch.no_grad():
+        constant = run.dataset.to_uint8(sampler.module(run.fixed_z)).cpu()
+        from_g = run.dataset.to_uint8(run.generator(run.fixed_z)).cpu()
+    expected = make_grid(constant)[..., 0]
+    png = np.asarray(Image.open(tmp_path / "run" / "samples" / "epoch_0001.png"))
+    factor = png.shape[0] // expected.shape[0]  # small images are upscaled
+    assert png.shape == (expected.shape[0] * factor, expected.shape[1] * factor)
+    assert np.array_equal(png[::factor, ::factor], expected)
+    assert len(np.unique(expected)) == 2  # the constant pixels, and the black padding
+    assert not np.array_equal(png[::factor, ::factor], make_grid(from_g)[..., 0])
+    # Run.generate, also outside the epoch end, draws from the module too
+    assert torch.equal(run.generate(fixed, run.fixed_z), constant)
+    assert sampler.calls == [2, 2]
+
+    # without an implementation that returns a module, Run.generate draws from G
+    plain = make_run(tmp_path / "plain", ("abstains", Abstains()), steps=1)
+    with torch.no_grad():
+        assert torch.equal(plain.generate(fixed, plain.fixed_z),
+                           plain.dataset.to_uint8(plain.generator(plain.fixed_z)).cpu())
+
+
+def test_hook_igan_prepare_inference(tmp_path):
+    from igan.commands import restore_models
+
+    class Stamp:
+        """Saves a tensor with every checkpoint; at inference, replaces G by a constant generator."""
+
+        def __init__(self) -> None:
+            self.received: list[dict] = []
+
+        @hookimpl
+        def igan_checkpoint_tensors(self, run):
+            return {"value": torch.tensor(0.5), "marker.0": torch.arange(3.0)}
+
+        @hookimpl
+        def igan_prepare_inference(self, models, config, tensors):
+            # the checkpoint's weights are already loaded
+            saved = {k[len("G."):]: v for k, v in load_checkpoint(ckpt)[0].items() if k.startswith("G.")}
+            self.received.append({"tensors": dict(tensors), "config": config,
+                                  "loaded": _same(_state(models.generator), saved)})
+            models.generator = Constant(models.generator.image_shape, float(tensors["value"]))
+
+    class Other:  # saves nothing: gets an empty dict, never another plugin's tensors
+        def __init__(self) -> None:
+            self.received: list[dict] = []
+
+        @hookimpl
+        def igan_prepare_inference(self, tensors):
+            self.received.append(dict(tensors))
+
+    stamp, other = Stamp(), Other()
+    run = make_run(tmp_path / "run", ("stamp", stamp), ("other", other), steps=1)
+    fit(run, progress=False)
+    assert stamp.received == [] and other.received == []  # training and checkpoints do not fire it
+    ckpt = tmp_path / "run" / "checkpoints" / "last.safetensors"
+    tensors, _ = load_checkpoint(ckpt)
+    assert float(tensors["plugin.stamp.value"]) == 0.5
+
+    pm = get_plugin_manager(extra=[("stamp", stamp), ("other", other)])
+    restored = restore_models(ckpt, "cpu", pm=pm)
+    (got,) = stamp.received
+    assert got["tensors"].keys() == {"value", "marker.0"}  # exactly its own tensors, prefix removed
+    assert torch.equal(got["tensors"]["marker.0"], torch.arange(3.0))
+    assert got["config"] is restored.config and got["config"].dataset == "digits"
+    assert got["loaded"]
+    assert other.received == [{}]
+    # what the hook assigned is what `igan sample` / `igan evaluate` draw from
+    assert isinstance(restored.models.generator, Constant)
+    images = torch.cat(list(restored.generate(4, seed=0)))
+    assert torch.equal(images, restored.to_uint8(torch.full((4, *run.dataset.image_shape), 0.5)))
 
 
 def test_worked_plugin_of_hooks_md_runs(tmp_path, monkeypatch):

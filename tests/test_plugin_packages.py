@@ -70,7 +70,8 @@ def test_plugins_json_lists_both_packages_with_their_versions(run_cli):
         assert row["source"] == f"package:{dist}" and row["module"] == module and row["error"] is None
         assert "igan_addoption" in row["hooks"] and "igan_configure" in row["hooks"]
     assert "igan_modify_models" in rows["spectral_norm"]["hooks"]
-    assert "igan_register_commands" in rows["gen_ema"]["hooks"]
+    # gen_ema's training and inference hooks live on the object it registers in igan_configure
+    assert rows["gen_ema"]["hooks"] == ["igan_addoption", "igan_configure"]
 
 
 def test_sn_trains_with_fm_its_flags_have_their_own_panel_and_u_v_reload(run_cli, train_cli, tmp_path):
@@ -97,13 +98,22 @@ def test_sn_trains_with_fm_its_flags_have_their_own_panel_and_u_v_reload(run_cli
         assert torch.equal(restored[k], saved[f"D.{k}"]), k
 
 
-def test_g_ema_checkpoint_holds_the_average_of_every_generator_parameter(train_cli, tmp_path):
+def test_g_ema_checkpoint_holds_the_average_and_sample_uses_it(train_cli, tmp_path):
     require("igan-gen-ema")
     code, _, err = train_cli(tmp_path / "run", "--g-ema", "0.9", steps=3)
     assert code == 0, err
-    tensors = load_file(tmp_path / "run" / "checkpoints" / "last.safetensors")
+    ckpt = tmp_path / "run" / "checkpoints" / "last.safetensors"
+    tensors = load_file(ckpt)
     prefix = "plugin.gen_ema.run."
     assert int(tensors[prefix + "updates"]) == 3
     g_keys = [k[len("G."):] for k in tensors if k.startswith("G.")]
     assert g_keys and all(tensors[prefix + "ema." + k].shape == tensors["G." + k].shape for k in g_keys)
     assert any(not torch.equal(tensors[prefix + "ema." + k], tensors["G." + k]) for k in g_keys)
+
+    # igan sample / evaluate load G.*, then the plugin's igan_prepare_inference puts the average in G
+    from igan.commands import restore_models
+
+    state = restore_models(ckpt, "cpu").models.generator.state_dict()
+    assert sorted(state) == sorted(g_keys)
+    for k in g_keys:
+        assert torch.equal(state[k], tensors[prefix + "ema." + k]), k
