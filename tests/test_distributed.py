@@ -24,7 +24,7 @@ def _free_port() -> int:
 
 
 def _torchrun(args: list[str], tmp_path: Path, timeout: float = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "IGAN_DIST_TIMEOUT": "60"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "IGAN_DIST_TIMEOUT": "180"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), *args]
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
