@@ -17,33 +17,41 @@ plugins, hooks: exactly what ``igan train`` / ``igan semisup`` run). Data is syn
 ``bench_mnist`` by a small extra plugin, so no files are needed.
 
 The hand-written side (``HandG``, ``HandD``, ``hand_step``) is the same maths and architecture in plain
-PyTorch: weight norm computed inline (W = g v / ||v|| per output unit), two ``torch.optim.Adam``
-(beta1 0.5), batches drawn by index from the uint8 training set held on the device, the step in one
-function. Its weights are copied from igan's initialised models, so both start from the same point.
+PyTorch: weight-normed layers through ``torch.nn.utils.parametrizations.weight_norm`` (W = g v / ||v||
+per output unit; ``--hand-wn inline`` writes the formula out instead, which autograd runs markedly
+slower than torch's fused ``_weight_norm`` kernel), two ``torch.optim.Adam`` (beta1 0.5), batches drawn
+by index from the uint8 training set held on the device, the step in one function. Its weights are
+copied from igan's initialised models, so both start from the same point.
 
-Before timing, an equivalence check runs each workload for a few steps on both sides from the same
-weights, the same z (same global seed) and the same batch indices (igan's sampler is recorded and
-replayed to the hand-written step): once with D's noise off (model_kwargs noise=False), once with it on
-(the hand-written step draws its noise in the same order as igan, so the runs should also agree).
-It reports the largest differences of the losses, of all parameters and of the EMA after the steps.
+Before timing, an equivalence check runs each workload for ``--check-steps`` steps on both sides from
+the same weights, the same z (same global seed before each step) and the same batch indices (igan's
+sampler is recorded and replayed to the hand-written step), with D's noise off (model_kwargs
+noise=False) and on (the hand-written D draws its noise in the same order as igan), in float32 and in
+float64. It reports the first-step losses of both sides, the largest relative loss difference, the
+largest first-step gradient difference (relative to the largest gradient) and the largest parameter
+and EMA differences after the steps.
 
 Timing: a warm-up, then ``--rounds`` rounds; in each round igan and the hand-written step each run
 ``--steps`` consecutive steps (A/B order alternating from round to round, same process), and the
 per-round mean ms/step is recorded. The table gives the median over rounds of each side, the ratio
 of the medians and the "paired" ratio (median over rounds of igan/hand in the same round, which a
-shared, noisy machine disturbs less). On CUDA the device is synchronised before each clock reading.
+shared, noisy machine disturbs less); the CPU target (igan/hand <= 1.05) is judged on the paired ratio.
+On CUDA the device is synchronised before each clock reading. ``--max-seconds`` caps the timed rounds
+so a default run stays under about 4 minutes even on a loaded machine.
 
 ``--profile`` additionally profiles both sides (torch.profiler, top operators by self CPU time) and
 times igan's hook calls (pluggy hook-call monitoring), to locate any overhead.
 
-    python benchmarks/step_speed.py                     # CPU, default --steps 10 --rounds 15
-    python benchmarks/step_speed.py --threads 1 --profile
-    python benchmarks/step_speed.py --device cuda
+    python benchmarks/step_speed.py                     # CPU, 1 thread, --steps 10 --rounds 30
+    python benchmarks/step_speed.py --profile           # + torch.profiler tables and igan's hook times
+    python benchmarks/step_speed.py --hand-wn-cache     # baseline variant: weight norm cached per phase
+    python benchmarks/step_speed.py --device cuda --threads 0
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -59,6 +67,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
 from igan.config import RunConfig
@@ -228,13 +237,15 @@ class HandSampler:
 class Hand:
     """Everything the hand-written step needs: models, optimizers, data on the device, EMA buffers."""
 
-    def __init__(self, run: Run, workload: str, wn: str = "parametrize", dtype=torch.float32) -> None:
+    def __init__(self, run: Run, workload: str, wn: str = "parametrize", dtype=torch.float32,
+                 cache_wn: bool = False) -> None:
         dev, k = run.device, run.discriminator.num_logits
         noise = not isinstance(run.discriminator.pre_out, nn.Identity)
         self.workload = workload
         self.G = HandG(wn=wn).to(dev, dtype)
         self.D = HandD(k, noise=noise, wn=wn).to(dev, dtype)
         self.dtype = dtype
+        self.cache_wn = cache_wn and wn == "parametrize"
         copy_weights(run, self)  # same starting point as igan (its data-dependent init)
         self.x = run.dataset.x_train  # uint8 on the device
         self.y = run.dataset.y_train
@@ -260,16 +271,21 @@ class Hand:
 
 
 def hand_step(h: Hand, batch=None) -> dict[str, torch.Tensor]:
-    """One D update then one G update, as a researcher writes it in one function."""
+    """One D update then one G update, as a researcher writes it in one function.
+
+    With ``h.cache_wn`` (``--hand-wn-cache``, a variant, not the baseline) D's weight-normed weights are
+    computed once per phase (``parametrize.cached()``) instead of once per D pass."""
     G, D = h.G, h.D
+    phase = parametrize.cached if h.cache_wn else contextlib.nullcontext
     unl, lab, fm_real = batch if batch is not None else h.sampler.next()
     z = torch.rand(h.batch, h.z_dim, device=h.device)
     fake = G(z)
-    x_unl = h.data(unl)
-    logits_unl, feat_unl = D(x_unl)
-    logits_fake, _ = D(fake.detach())
+    with phase():
+        logits_unl, _ = D(h.data(unl))
+        logits_fake, _ = D(fake.detach())
+        if h.workload == "semisup":
+            logits_lab, _ = D(h.data(lab))
     if h.workload == "semisup":
-        logits_lab, _ = D(h.data(lab))
         loss_lab = F.cross_entropy(logits_lab, h.y[lab])
         lse_unl, lse_fake = logits_unl.logsumexp(1), logits_fake.logsumexp(1)
         loss_unl = 0.5 * F.softplus(-lse_unl).mean() + 0.5 * F.softplus(lse_fake).mean()
@@ -279,20 +295,22 @@ def hand_step(h: Hand, batch=None) -> dict[str, torch.Tensor]:
     h.opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
     h.opt_d.step()
-    with torch.no_grad():
-        for avg, p in zip(h.ema, h.d_all):
-            avg.lerp_(p, 1.0 - h.ema_decay)
+    if h.workload == "semisup":  # EMA of D's parameters, for evaluation (paper-notes §1.5)
+        with torch.no_grad():
+            for avg, p in zip(h.ema, h.d_all):
+                avg.lerp_(p, 1.0 - h.ema_decay)
 
     for p in h.d_train:  # no weight gradients for D in G's backward
         p.requires_grad_(False)
-    if h.workload == "semisup":
-        with torch.no_grad():
-            _, feat_real = D(h.data(fm_real))
-        _, feat_fake = D(fake)
-        loss_g = (feat_real.mean(0) - feat_fake.mean(0)).square().mean()
-    else:
-        logits_g, _ = D(fake)
-        loss_g = F.softplus(-logits_g[:, 0]).mean()
+    with phase():
+        if h.workload == "semisup":
+            with torch.no_grad():
+                _, feat_real = D(h.data(fm_real))
+            _, feat_fake = D(fake)
+            loss_g = (feat_real.mean(0) - feat_fake.mean(0)).square().mean()
+        else:
+            logits_g, _ = D(fake)
+            loss_g = F.softplus(-logits_g[:, 0]).mean()
     h.opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     h.opt_g.step()
@@ -349,10 +367,10 @@ def hand_params(h: Hand) -> list[torch.Tensor]:
 
 
 def check_equivalence(workload: str, device: str, noise: bool, steps: int, tmp: Path, wn: str,
-                      dtype: torch.dtype = torch.float32) -> dict:
+                      dtype: torch.dtype = torch.float32, cache_wn: bool = False) -> dict:
     """Run igan and the hand-written step side by side from the same weights, z and batch indices."""
     run = make_igan_run(workload, device, tmp / f"eq_{workload}_{noise}_{dtype}", noise=noise, dtype=dtype)
-    h = Hand(run, workload, wn=wn, dtype=dtype)
+    h = Hand(run, workload, wn=wn, dtype=dtype, cache_wn=cache_wn)
     start = max((a - b.reshape(a.shape)).abs().max().item()
                 for a, b in zip(hand_params(h), igan_params(run)))
     recorded = []
@@ -414,7 +432,7 @@ def check_equivalence(workload: str, device: str, noise: bool, steps: int, tmp: 
                 scale.append(gm.abs().max().item())
         grad_diff[net] = max(diffs) / max(max(scale), 1e-300)
     return {"workload": workload, "noise": noise, "dtype": str(dtype).replace("torch.", ""), "steps": steps,
-            "hand_weight_norm": wn, "start_param_max_abs_diff": start,
+            "hand_weight_norm": wn, "hand_wn_cache": cache_wn, "start_param_max_abs_diff": start,
             "first_step_losses_igan_hand": first, "max_rel_loss_diff": dict(loss_diff),
             "first_step_grad_max_diff_rel_to_max_grad": grad_diff,
             "param_max_abs_diff_after": param_diff, "ema_max_abs_diff_after": ema_diff}
@@ -451,15 +469,19 @@ def igan_stepper(run: Run):
     return step
 
 
-def bench_workload(workload: str, args, tmp: Path) -> dict:
+def bench_workload(workload: str, args, tmp: Path, budget: float) -> dict:
     run = make_igan_run(workload, args.device, tmp / workload)
-    h = Hand(run, workload, wn=args.hand_wn)
+    h = Hand(run, workload, wn=args.hand_wn, cache_wn=args.hand_wn_cache)
     sync = torch.cuda.synchronize if run.device.type == "cuda" else (lambda: None)
     sides = {"igan": igan_stepper(run), "hand": lambda: hand_step(h)}
     for fn in sides.values():  # warm-up
         timed(fn, args.warmup, sync)
     samples: dict[str, list[float]] = {"igan": [], "hand": []}
+    t0 = time.perf_counter()
     for r in range(args.rounds):
+        if budget and r >= 3 and time.perf_counter() - t0 > budget:
+            print(f"  {workload}: time budget spent, stopping after {r} rounds", file=sys.stderr)
+            break
         order = ["igan", "hand"] if r % 2 == 0 else ["hand", "igan"]
         for name in order:
             samples[name].append(1000.0 * timed(sides[name], args.steps, sync))
@@ -470,7 +492,7 @@ def bench_workload(workload: str, args, tmp: Path) -> dict:
     target = TARGET_RATIO if run.device.type == "cpu" else None
     row = {"workload": workload, "igan_ms_per_step": round(mi, 3), "hand_ms_per_step": round(mh, 3),
            "ratio": round(mi / mh, 3), "paired_ratio": round(paired, 3), "target_ratio": target,
-           "meets_target": None if target is None else paired <= target,
+           "meets_target": None if target is None else paired <= target, "rounds_done": len(samples["igan"]),
            "igan_ms_rounds": [round(v, 3) for v in samples["igan"]],
            "hand_ms_rounds": [round(v, 3) for v in samples["hand"]]}
     if args.profile:
@@ -548,22 +570,30 @@ def profile_workload(run: Run, h: Hand, args, sync) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=10, help="steps per side per round (default 10)")
-    p.add_argument("--rounds", type=int, default=15, help="timed rounds per workload (default 15)")
+    p.add_argument("--rounds", type=int, default=30, help="timed rounds per workload (default 30)")
     p.add_argument("--warmup", type=int, default=5, help="warm-up steps per side (default 5)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch.set_num_threads(N) first (default: PyTorch's default)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch.set_num_threads(N) first (default 1: on a shared, busy 2-core machine 2 threads "
+                        "with OpenMP's default wait policy measured about 2 s per step, 60-90 ms with "
+                        "OMP_WAIT_POLICY=PASSIVE; 0 leaves PyTorch's default)")
+    p.add_argument("--max-seconds", type=float, default=180.0,
+                   help="time budget of the timed rounds, split evenly over the workloads; rounds stop early "
+                        "(after at least 3) when a workload's share is spent (default 180; 0: no limit)")
     p.add_argument("--workloads", default="semisup,plain", help="comma-separated: semisup, plain")
     p.add_argument("--hand-wn", choices=tuple(WN_LAYERS), default="parametrize",
                    help="weight norm of the hand-written models: torch's parametrization (default; the fused "
                         "_weight_norm kernel, as igan) or the formula g v / ||v|| written inline")
+    p.add_argument("--hand-wn-cache", action="store_true",
+                   help="variant: the hand-written step computes D's weight-normed weights once per phase "
+                        "(torch.nn.utils.parametrize.cached()) instead of once per D pass")
     p.add_argument("--check-steps", type=int, default=3, help="steps of the equivalence check (0: skip it)")
     p.add_argument("--profile", action="store_true", help="also profile both sides and time igan's hooks")
     p.add_argument("--profile-steps", type=int, default=20)
     p.add_argument("--profile-top", type=int, default=15)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/step_speed.json"))
     args = p.parse_args(argv)
-    if args.threads is not None:
+    if args.threads:
         torch.set_num_threads(args.threads)
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     for w in workloads:
@@ -579,7 +609,8 @@ def main(argv: list[str] | None = None) -> int:
             for w in workloads:
                 for dtype, noise in ((torch.float32, False), (torch.float32, True), (torch.float64, False),
                                      (torch.float64, True)):
-                    c = check_equivalence(w, args.device, noise, args.check_steps, tmp, args.hand_wn, dtype)
+                    c = check_equivalence(w, args.device, noise, args.check_steps, tmp, args.hand_wn, dtype,
+                                          args.hand_wn_cache)
                     checks.append(c)
                     print(f"equivalence {w} {c['dtype']} noise {'on ' if noise else 'off'}: first-step losses "
                           + ", ".join(f"{k} {a:.6g}/{b:.6g}" for k, (a, b) in c["first_step_losses_igan_hand"].items())
@@ -590,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
                           + (f", EMA {c['ema_max_abs_diff_after']:.1e}" if c["ema_max_abs_diff_after"] is not None
                              else ""), file=sys.stderr)
         for w in workloads:
-            rows.append(bench_workload(w, args, tmp))
+            rows.append(bench_workload(w, args, tmp, args.max_seconds / len(workloads)))
 
     cpu = torch.device(args.device).type == "cpu"
     header = (f"{'workload':<9} {'igan ms/step':>12} {'hand ms/step':>12} {'ratio':>6} {'paired':>7} "
@@ -613,10 +644,12 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.datetime.now().isoformat(timespec="seconds"),
         "torch": torch.__version__, "device": args.device,
         "device_name": torch.cuda.get_device_name(torch.device(args.device)) if not cpu else platform.processor(),
-        "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
+        "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "env": {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "KMP_BLOCKTIME") if k in os.environ}, "platform": platform.platform(),
         "python": platform.python_version(), "model": "mnist_mlp", "batch_size": 100,
         "dataset": f"synthetic uint8 [{N_TRAIN}, 1, 28, 28] + {N_TEST} test",
-        "hand_weight_norm": args.hand_wn, "steps_per_round": args.steps, "rounds": args.rounds, "warmup_steps": args.warmup,
+        "hand_weight_norm": args.hand_wn, "hand_wn_cache": args.hand_wn_cache,
+        "steps_per_round": args.steps, "rounds": args.rounds, "warmup_steps": args.warmup,
         "loadavg_1_5_15_before": [round(v, 2) for v in load_before],
         "loadavg_1_5_15_after": [round(v, 2) for v in os.getloadavg()],
         "seconds": round(time.perf_counter() - t_start, 1),

@@ -241,7 +241,9 @@ def build_run(config: RunConfig, pm: pluggy.PluginManager, run_dir: Path | None 
 
     g_params = [p for p in models.generator.parameters() if p.requires_grad]
     d_params = [p for p in models.discriminator.parameters() if p.requires_grad]
-    adam = dict(lr=config.lr, betas=(config.beta1, config.beta2))
+    # fused Adam: one kernel per update instead of a dozen per tensor (5-6 % of an MNIST step on CPU,
+    # docs/performance.md); same state keys, so checkpoints are unchanged
+    adam = dict(lr=config.lr, betas=(config.beta1, config.beta2), fused=True)
     g_exec, d_exec = models.generator, models.discriminator
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
