@@ -71,9 +71,9 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
 from igan.config import RunConfig
-from igan.datasets.base import DatasetSpec, ImageDataset
 from igan.options import collect_options
-from igan.plugins import get_plugin_manager, hookimpl
+from igan.plugins import get_plugin_manager
+from _synthetic import BenchData  # noqa: E402  (benchmarks/ is on sys.path)
 from igan.train import Run, build_run, train_step
 
 N_TRAIN, N_TEST = 6000, 1000
@@ -82,26 +82,7 @@ WORKLOADS = {"semisup": "semisup", "plain": "train"}  # workload -> igan command
 
 
 # ----------------------------------------------------------------------------------------------
-# synthetic data, registered through an extra plugin
-
-
-class BenchData:
-    """An extra plugin: registers ``bench_mnist``, random MNIST-shaped uint8 images (fixed seed)."""
-
-    def __init__(self) -> None:
-        gen = torch.Generator().manual_seed(1234)
-        self.dataset = ImageDataset(
-            name="bench_mnist",
-            x_train=torch.randint(0, 256, (N_TRAIN, 1, 28, 28), dtype=torch.uint8, generator=gen),
-            y_train=torch.randint(0, 10, (N_TRAIN,), generator=gen),
-            x_test=torch.randint(0, 256, (N_TEST, 1, 28, 28), dtype=torch.uint8, generator=gen),
-            y_test=torch.randint(0, 10, (N_TEST,), generator=gen),
-            num_classes=10, scale=1.0 / 255.0, shift=0.0, source="synthetic (benchmarks/step_speed.py)")
-
-    @hookimpl
-    def igan_register_datasets(self, register):
-        register(DatasetSpec("bench_mnist", lambda data_dir, download: self.dataset, "mnist_mlp",
-                             "random MNIST-shaped images for benchmarks"))
+# igan's side (synthetic data from benchmarks/_synthetic.py, registered through an extra plugin)
 
 
 def make_igan_run(workload: str, device: str, run_dir: Path, noise: bool = True, seed: int = 0,
@@ -109,7 +90,7 @@ def make_igan_run(workload: str, device: str, run_dir: Path, noise: bool = True,
     """igan's run as ``igan semisup`` / ``igan train`` builds it. ``dtype=torch.float64`` (equivalence check
     only) converts the initialised models and the batches to double precision; z follows the default dtype."""
     command = WORKLOADS[workload]
-    pm = get_plugin_manager(extra=[("bench_data", BenchData())])
+    pm = get_plugin_manager(extra=[("bench_data", BenchData(N_TRAIN, N_TEST))])
     config = RunConfig(command=command, dataset="bench_mnist", model="mnist_mlp", batch_size=100,
                        steps=10**9, device=device, seed=seed, lr=0.003,
                        model_kwargs={} if noise else {"noise": False},

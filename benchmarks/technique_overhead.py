@@ -33,9 +33,9 @@ from pathlib import Path
 import torch
 
 from igan.config import RunConfig
-from igan.datasets.base import DatasetSpec, ImageDataset
 from igan.options import collect_options
-from igan.plugins import get_plugin_manager, hookimpl
+from igan.plugins import get_plugin_manager
+from _synthetic import BenchData  # noqa: E402  (benchmarks/ is on sys.path)
 from igan.train import Run, build_run, train_step
 
 # (name, options switched on, target ratio vs plain). Targets: VBN costs one extra G forward of the
@@ -49,24 +49,6 @@ CONFIGS: list[tuple[str, dict, float | None]] = [
     ("vbn", {"vbn": True}, 1.3),
 ]
 N_IMAGES = 6000
-
-
-class BenchData:
-    """An extra plugin: registers ``bench_mnist``, random MNIST-shaped uint8 images (fixed seed)."""
-
-    def __init__(self) -> None:
-        gen = torch.Generator().manual_seed(1234)
-        self.dataset = ImageDataset(
-            name="bench_mnist",
-            x_train=torch.randint(0, 256, (N_IMAGES, 1, 28, 28), dtype=torch.uint8, generator=gen),
-            y_train=torch.randint(0, 10, (N_IMAGES,), generator=gen),
-            x_test=None, y_test=None, num_classes=10, scale=1.0 / 255.0, shift=0.0,
-            source="synthetic (benchmarks/technique_overhead.py)")
-
-    @hookimpl
-    def igan_register_datasets(self, register):
-        register(DatasetSpec("bench_mnist", lambda data_dir, download: self.dataset, "mnist_mlp",
-                             "random MNIST-shaped images for benchmarks"))
 
 
 def make_run(options: dict, args: argparse.Namespace, data: BenchData, run_dir: Path) -> Run:
@@ -104,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
-    data = BenchData()
+    data = BenchData(N_IMAGES)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         runs = {name: make_run(opts, args, data, Path(tmp) / name) for name, opts, _ in CONFIGS}
