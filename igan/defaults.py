@@ -29,6 +29,12 @@ def _lazy(module: str, func: str):
 
 
 @hookimpl
+def igan_addoption(parser):
+    parser.add("sync_bn", bool, panel="Distributed", run_only=True,
+               help="under torchrun: G's batch-norm statistics over all processes (default: per process)")
+
+
+@hookimpl
 def igan_register_datasets(register):
     register(DatasetSpec("digits", _lazy("igan.datasets.digits", "load_digits"), "digits_mlp",
                          "embedded 8x8 handwritten digits (UCI optdigits, 1797 images; CC BY 4.0)"))

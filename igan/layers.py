@@ -76,15 +76,33 @@ class BatchNormNoScale(nn.Module):
         self.num_features = num_features
         self.eps = eps
         self.bias = nn.Parameter(torch.zeros(num_features))
+        self.sync = False  # `--sync-bn` under torchrun: training-mode statistics over all processes
 
     def forward(self, x: Tensor) -> Tensor:  # x: [N, C] or [N, C, H, W]
         dims = _stat_dims(x)
-        mean = x.mean(dim=dims, keepdim=True)  # [1, C, 1, 1]
-        var = x.var(dim=dims, unbiased=False, keepdim=True)  # [1, C, 1, 1]
+        # Synchronised only in training mode: rank 0 draws the sample grids alone, in eval mode.
+        if self.sync and self.training and torch.distributed.is_available() and torch.distributed.is_initialized():
+            mean, var = _global_moments(x, dims)
+        else:
+            mean = x.mean(dim=dims, keepdim=True)  # [1, C, 1, 1]
+            var = x.var(dim=dims, unbiased=False, keepdim=True)  # [1, C, 1, 1]
         return (x - mean) / torch.sqrt(var + self.eps) + _channel_view(self.bias, x.dim())
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}"
+
+
+def _global_moments(x: Tensor, dims: list[int]) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and biased variance over the batches of all processes (differentiable)."""
+    from torch.distributed.nn.functional import all_reduce
+
+    count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
+    sums = all_reduce(torch.cat([x.sum(dim=dims), (x * x).sum(dim=dims), count]))  # [2C + 1]
+    c = x.shape[1]
+    mean = sums[:c] / sums[-1]
+    var = sums[c:2 * c] / sums[-1] - mean * mean
+    shape = [1, c] + [1] * (x.dim() - 2)
+    return mean.view(shape), var.view(shape)
 
 
 class MinibatchDiscrimination(nn.Module):

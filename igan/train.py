@@ -149,10 +149,15 @@ class Run:
 
         Drawn from ``igan_sampling_generator``'s module when a plugin provides one (e.g. an EMA of G)."""
         g = self.pm.hook.igan_sampling_generator(run=self) or self.generator
-        out = []
-        for i in range(0, n, chunk):
-            zi = z[i:i + chunk] if z is not None else self.sample_z(min(chunk, n - i))
-            out.append(self.dataset.to_uint8(g(zi)).cpu())
+        was_training = g.training
+        g.eval()  # G's batch norm still uses batch statistics (reference), but never synchronises here
+        try:
+            out = []
+            for i in range(0, n, chunk):
+                zi = z[i:i + chunk] if z is not None else self.sample_z(min(chunk, n - i))
+                out.append(self.dataset.to_uint8(g(zi)).cpu())
+        finally:
+            g.train(was_training)
         return torch.cat(out)
 
 
@@ -251,6 +256,12 @@ def build_run(config: RunConfig, pm: pluggy.PluginManager, run_dir: Path | None 
         ids = [device.index] if device.type == "cuda" else None
         # no buffers need syncing (G's batch norm keeps no running statistics), and syncing them before
         # each of D's separate passes would break autograd (pytorch#175024)
+        if config.options.get("sync_bn"):
+            from igan.layers import BatchNormNoScale
+
+            for m in models.generator.modules():
+                if isinstance(m, BatchNormNoScale):
+                    m.sync = True
         g_exec = DDP(models.generator, device_ids=ids, forward_sync_buffers=False)
         d_exec = DDP(models.discriminator, device_ids=ids, forward_sync_buffers=False)
         torch.manual_seed(config.seed * 1009 + dist.rank)  # per-rank noise, derived from the run seed

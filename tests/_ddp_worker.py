@@ -66,7 +66,34 @@ def identical(out: Path, tmp: Path) -> None:
         out.write_text("ok")
 
 
+def syncbn(out: Path, tmp: Path) -> None:
+    """With sync on, G's batch norm over two half batches equals one process's over the whole batch,
+    forward and backward (the statistics' all-reduce is differentiable)."""
+    from igan.distributed import setup
+    from igan.layers import BatchNormNoScale
+
+    d, _ = setup("cpu")
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(8, 3, 4, 4, generator=gen, dtype=torch.float64)
+    w = torch.randn(8, 3, 4, 4, generator=gen, dtype=torch.float64)
+    part = slice(d.rank * 4, (d.rank + 1) * 4)
+    bn = BatchNormNoScale(3).double()
+    bn.sync = True
+    xs = x[part].clone().requires_grad_(True)
+    (bn(xs) * w[part]).sum().backward()
+    full = x.clone().requires_grad_(True)
+    reference = BatchNormNoScale(3).double()
+    ref_out = reference(full)
+    (ref_out * w).sum().backward()
+    torch.testing.assert_close(bn(xs), ref_out[part])
+    torch.testing.assert_close(xs.grad, full.grad[part])
+    bn.sync = False  # per-process statistics differ from the whole batch's
+    assert not torch.allclose(bn(xs), ref_out[part])
+    if d.rank == 0:
+        out.write_text("ok")
+
+
 if __name__ == "__main__":
     mode, out, tmp = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
-    {"grads": grads, "identical": identical}[mode](out, tmp)
+    {"grads": grads, "identical": identical, "syncbn": syncbn}[mode](out, tmp)
     dist.destroy_process_group()

@@ -33,7 +33,7 @@ def _torchrun(args: list[str], tmp_path: Path, timeout: float = 240) -> subproce
 def test_two_gloo_processes_train_with_techniques_and_write_one_checkpoint(tmp_path):
     out = tmp_path / "run"
     proc = _torchrun(["-m", "igan", "train", "--steps", "3", "--batch-size", "20", "--fm", "--mbd", "--ha",
-                      "--device", "cpu", "--out", str(out), "--json"], tmp_path)
+                      "--sync-bn", "--device", "cpu", "--out", str(out), "--json"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(lines) == 1, proc.stdout  # one answer per job (rank 0's)
@@ -51,10 +51,11 @@ def test_two_gloo_processes_train_with_techniques_and_write_one_checkpoint(tmp_p
     assert json.loads(proc.stdout)["steps"] == 5
 
 
-@pytest.mark.parametrize("mode", ["grads", "identical"])
+@pytest.mark.parametrize("mode", ["grads", "identical", "syncbn"])
 def test_ddp_worker(mode, tmp_path):
     """grads: DDP gradients (2 half batches) equal one process's on the whole batch;
-    identical: historical averages and the evaluation EMA stay bit-identical across ranks."""
+    identical: historical averages and the evaluation EMA stay bit-identical across ranks;
+    syncbn: with --sync-bn, G's batch norm over 2 half batches equals one process's on the whole batch."""
     flag = tmp_path / "ok"
     proc = _torchrun([str(HERE / "_ddp_worker.py"), mode, str(flag), str(tmp_path)], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
