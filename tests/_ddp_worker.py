@@ -10,6 +10,7 @@ Modes (argv[1]):
 from __future__ import annotations
 
 import copy
+import gc
 import sys
 from pathlib import Path
 
@@ -96,4 +97,8 @@ def syncbn(out: Path, tmp: Path) -> None:
 if __name__ == "__main__":
     mode, out, tmp = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     {"grads": grads, "identical": identical, "syncbn": syncbn}[mode](out, tmp)
+    # Free the DDP wrappers (reference cycles keep runs alive) before the process group goes: a reducer
+    # destroyed after its group aborts the process ("terminate called without an active exception").
+    gc.collect()
+    dist.barrier()
     dist.destroy_process_group()
