@@ -231,8 +231,8 @@ def main(argv: list[str] | None = None) -> None:
             if culprit:
                 module, hook = culprit
                 error(f"plugin {module} failed in {hook}: {type(exc).__name__}: {exc}",
-                      hint=f"rerun with IGAN_DEBUG=1 for the traceback; report it to the plugin's authors or block "
-                           f"the plugin with IGAN_DISABLE_PLUGINS=<name> (names: `igan plugins`)")
+                      hint="rerun with IGAN_DEBUG=1 for the traceback; report it to the plugin's authors or block "
+                           "the plugin with IGAN_DISABLE_PLUGINS=<name> (names: `igan plugins`)")
             else:
                 error(f"{type(exc).__name__}: {exc}", hint="this looks like a bug in igan; rerun with IGAN_DEBUG=1 "
                       "for the traceback and report it")

@@ -10,7 +10,6 @@ import sys
 import textwrap
 import time
 from importlib import metadata
-from pathlib import Path
 
 import pytest
 
