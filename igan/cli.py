@@ -59,6 +59,8 @@ def _core_parameters(command: str) -> list[inspect.Parameter]:
             help="steps between checkpoints (default: each epoch)"),
         opt("g_steps", int, 1, "--g-steps", min=1, help="generator updates per discriminator update"),
         opt("g_loss", str, "ns", "--g-loss", help="generator loss: ns (non-saturating) or minimax"),
+        opt("adam", str, "reference", "--adam",
+            help="reference: Adam with eps inside the square root, as the paper's code; torch: torch.optim.Adam"),
         opt("disable_plugin", Optional[list[str]], None, "--disable-plugin", help="block a plugin by name"),
         opt("model", Optional[str], None, "--model", panel=MODEL_PANEL,
             help="model pair (default: the dataset's): digits_mlp, mnist_mlp, cifar_conv, svhn_conv"),
@@ -72,7 +74,7 @@ def _core_parameters(command: str) -> list[inspect.Parameter]:
 
 
 CORE_KEYS = {"dataset", "data_dir", "download", "epochs", "steps", "batch_size", "lr", "seed", "device",
-             "out", "resume", "log_every", "checkpoint_every", "g_steps", "g_loss", "model"}
+             "out", "resume", "log_every", "checkpoint_every", "g_steps", "g_loss", "adam", "model"}
 MODEL_KEYS = {"wn", "noise", "dropout"}
 
 

@@ -28,6 +28,7 @@ class RunConfig:
     lr: float | None = None
     beta1: float = 0.5  # Adam beta1 of every reference script (paper-notes §1.10)
     beta2: float = 0.999
+    adam: str = "reference"  # "reference": eps inside the sqrt as the paper's code; "torch": torch.optim.Adam
     seed: int = 0
     device: str = "auto"
     out: str | None = None

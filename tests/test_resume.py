@@ -80,7 +80,9 @@ def test_ctrl_c_in_the_middle_of_a_step_resumes_exactly(train_cli, run_cli, tmp_
     a, b = tmp_path / "a", tmp_path / "b"
     assert train_cli(a, steps=8)[0] == 0
 
-    real_step = torch.optim.Adam.step
+    from igan.optim import ReferenceAdam  # the default optimizer (--adam reference)
+
+    real_step = ReferenceAdam.step
     calls = []
 
     def step_with_ctrl_c(self, *args, **kwargs):
@@ -89,7 +91,7 @@ def test_ctrl_c_in_the_middle_of_a_step_resumes_exactly(train_cli, run_cli, tmp_
             os.kill(os.getpid(), signal.SIGINT)
         return real_step(self, *args, **kwargs)
 
-    monkeypatch.setattr(torch.optim.Adam, "step", step_with_ctrl_c)
+    monkeypatch.setattr(ReferenceAdam, "step", step_with_ctrl_c)
     code, out, err = train_cli(b, steps=8)
     monkeypatch.undo()
     assert code == 130, err
