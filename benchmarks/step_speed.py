@@ -71,6 +71,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
 from igan.config import RunConfig
+from igan.optim import ReferenceAdam
 from igan.options import collect_options
 from igan.plugins import get_plugin_manager
 from _synthetic import BenchData  # noqa: E402  (benchmarks/ is on sys.path)
@@ -235,8 +236,9 @@ class Hand:
         self.z_dim = 100
         self.d_train = [p for p in self.D.parameters() if p.requires_grad]
         adam = dict(lr=run.config.lr, betas=(0.5, 0.999))
-        self.opt_g = torch.optim.Adam([p for p in self.G.parameters() if p.requires_grad], **adam)
-        self.opt_d = torch.optim.Adam(self.d_train, **adam)
+        # the same update rule as igan's default (the reference code's Adam, eps inside the sqrt)
+        self.opt_g = ReferenceAdam([p for p in self.G.parameters() if p.requires_grad], **adam)
+        self.opt_d = ReferenceAdam(self.d_train, **adam)
         self.ema_decay = 0.9999
         self.d_all = [t for m in [*self.D.hidden, self.D.out] for t in m.vgb()]  # what the EMA averages
         self.ema = [torch.zeros_like(p) for p in self.d_all]
