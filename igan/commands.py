@@ -31,9 +31,10 @@ class Restored:
     device: torch.device
 
     def to_uint8(self, x: torch.Tensor) -> torch.Tensor:
+        from igan.datasets.base import outputs_to_uint8
+
         d = self.meta["data"]
-        raw = (x.float() - d["shift"]) / d["scale"]
-        return (raw * (255.0 / d["max_value"])).round_().clamp_(0, 255).to(torch.uint8)
+        return outputs_to_uint8(x, d["scale"], d["shift"], d["max_value"])
 
     @torch.no_grad()
     def generate(self, n: int, seed: int, chunk: int = 1000):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["Dist", "setup", "single"]
+__all__ = ["Dist", "setup"]
 
 COLLECTIVE_TIMEOUT = datetime.timedelta(seconds=int(os.environ.get("IGAN_DIST_TIMEOUT", "300")))
 
@@ -60,10 +60,6 @@ class Dist:
         return indices[self.rank * per:(self.rank + 1) * per]
 
 
-def single() -> Dist:
-    return Dist()
-
-
 def setup(device_name: str) -> tuple[Dist, str]:
     """Join the torchrun job if there is one; returns the process's Dist and the device to use."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -80,7 +76,3 @@ def setup(device_name: str) -> tuple[Dist, str]:
         device_name = "cpu"
     return Dist(rank, world, local_rank), device_name
 
-
-def teardown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()

@@ -129,10 +129,6 @@ def plugin_infos(pm: pluggy.PluginManager) -> list[PluginInfo]:
     return list(getattr(pm, "igan_infos", {}).values())
 
 
-def plugin_of(pm: pluggy.PluginManager, plugin: object) -> str:
-    """The registered name of a plugin object (for error messages)."""
-    return pm.get_name(plugin) or repr(plugin)
-
 
 _warned: set[str] = set()
 

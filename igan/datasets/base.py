@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["ImageDataset", "DatasetSpec"]
+__all__ = ["ImageDataset", "DatasetSpec", "outputs_to_uint8"]
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,7 @@ class ImageDataset:
 
     def to_uint8(self, x: torch.Tensor) -> torch.Tensor:
         """Model outputs -> uint8 pixels in [0, 255] (inverse map, rounded, clamped)."""
-        raw = (x.float() - self.shift) / self.scale
-        return (raw * (255.0 / self.max_value)).round_().clamp_(0, 255).to(torch.uint8)
+        return outputs_to_uint8(x, self.scale, self.shift, self.max_value)
 
     @property
     def value_range(self) -> tuple[float, float]:
@@ -67,6 +66,12 @@ class ImageDataset:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return replace(self, x_train=move(self.x_train), y_train=move(self.y_train),
                        x_test=move(self.x_test), y_test=move(self.y_test))
+
+
+def outputs_to_uint8(x: torch.Tensor, scale: float, shift: float, max_value: int) -> torch.Tensor:
+    """Invert ``uint8 * scale + shift``, rescale 0..max_value to 0..255, round and clamp."""
+    raw = (x.float() - shift) / scale
+    return (raw * (255.0 / max_value)).round_().clamp_(0, 255).to(torch.uint8)
 
 
 # A loader takes (data_dir, download) and returns the dataset; data_dir None means "the default".
