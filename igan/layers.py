@@ -17,6 +17,8 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm as _torch_weight_norm
 
+from igan.kernels import minibatch_similarity
+
 __all__ = [
     "GaussianNoise",
     "BatchNormNoScale",
@@ -126,16 +128,20 @@ class MinibatchDiscrimination(nn.Module):
         """The effective tensor T [A, B, C]."""
         return self.theta * torch.exp(self.log_weight_scale) / self.theta.norm(dim=0)
 
+    def project(self, x: Tensor) -> Tensor:
+        """M = f(x) T [N, B, C]."""
+        return (x.flatten(1) @ self.kernel().flatten(1)).view(x.shape[0], self.num_kernels, self.kernel_dim)
+
     def distances(self, x: Tensor) -> Tensor:
         """L1 distances between all pairs per kernel [B, N, N], 1e6 on the diagonal (reference)."""
-        n = x.shape[0]
-        m = (x.flatten(1) @ self.kernel().flatten(1)).view(n, self.num_kernels, self.kernel_dim)  # [N, B, C]
-        d = torch.cdist(m.transpose(0, 1), m.transpose(0, 1), p=1)  # [B, N, N]
-        return d + _SELF_DISTANCE * torch.eye(n, dtype=d.dtype, device=d.device)
+        m = self.project(x).transpose(0, 1)  # [B, N, C]
+        d = torch.cdist(m, m, p=1)  # [B, N, N]
+        return d + _SELF_DISTANCE * torch.eye(x.shape[0], dtype=d.dtype, device=d.device)
 
     def _similarity(self, x: Tensor) -> Tensor:
-        """sum_j exp(-d[b, i, j]) [N, B]; the self term is exp(-1e6) = 0."""
-        return torch.exp(-self.distances(x)).sum(dim=2).t()
+        """sum_{j != i} exp(-d[b, i, j]) [N, B], through the fused kernel (``igan.kernels``): the
+        same numbers as ``exp(-self.distances(x)).sum(2).t()`` at a fraction of cdist's cost."""
+        return minibatch_similarity(self.project(x))
 
     def forward(self, x: Tensor) -> Tensor:  # x: [N, A] -> [N, A + B]
         x = x.flatten(1)  # [N, A]; the reference flattens conv features too

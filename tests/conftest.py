@@ -23,6 +23,9 @@ def _clean_igan_env(monkeypatch):
     """The developer's own IGAN_DEBUG / IGAN_DISABLE_PLUGINS must not change what the tests see."""
     monkeypatch.delenv("IGAN_DEBUG", raising=False)
     monkeypatch.delenv("IGAN_DISABLE_PLUGINS", raising=False)
+    # Eager kernels: compiling them for every tiny shape would dominate the suite's time. The compiled
+    # forms are compared with the eager ones in tests/test_kernels.py.
+    monkeypatch.setenv("IGAN_COMPILE", "0")
 
 
 @pytest.fixture

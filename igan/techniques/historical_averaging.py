@@ -52,9 +52,8 @@ class HistoricalAveraging:
     @hookimpl
     def igan_after_optimizer_step(self, step, net):
         self.count[net] += 1
-        w = 1.0 / self.count[net]
-        for mean, p in zip(self.means[net], self.params[net]):
-            mean.lerp_(p, w)  # mean += (p - mean) / t
+        # mean += (p - mean) / t, as one foreach call over the player's tensors
+        torch._foreach_lerp_(self.means[net], [p.detach() for p in self.params[net]], 1.0 / self.count[net])
 
     @hookimpl
     def igan_checkpoint_tensors(self, run):
