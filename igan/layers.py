@@ -29,10 +29,13 @@ __all__ = [
     "weight_norm",
     "data_dependent_init",
     "is_weight_normed",
+    "cacheable_parametrizations",
 ]
 
 _INIT_SCALE_ATTR = "_igan_init_scale"
 _SELF_DISTANCE = 1e6  # reference MinibatchLayer: pushes exp(-d_ii) to 0
+# the class of torch's weight-norm parametrization (private in torch, hence found by instantiating it)
+_WEIGHT_NORM_TYPE = type(_torch_weight_norm(nn.Linear(1, 1)).parametrizations.weight[0])
 
 
 def _channel_view(param: Tensor, ndim: int) -> Tensor:
@@ -276,6 +279,22 @@ def weight_norm(module: nn.Module, *, init_scale: float | None = 1.0, train_g: b
     setattr(module, _INIT_SCALE_ATTR, init_scale)
     module.parametrizations.weight.original0.requires_grad_(train_g)
     return module
+
+
+def cacheable_parametrizations(*modules: nn.Module) -> bool:
+    """Whether every parametrization in ``modules`` is a pure function of its parameters (weight norm).
+
+    Then ``torch.nn.utils.parametrize.cached()`` may compute each weight once per training phase
+    instead of once per forward pass. A stateful parametrization (spectral norm's power iteration
+    updates its vectors on each call) would run fewer iterations under the cache, so its presence
+    turns the cache off."""
+    for module in modules:
+        for m in module.modules():
+            if parametrize.is_parametrized(m):
+                for plist in m.parametrizations.values():
+                    if not all(type(p) is _WEIGHT_NORM_TYPE for p in plist):
+                        return False
+    return True
 
 
 def is_weight_normed(module: nn.Module) -> bool:

@@ -12,13 +12,15 @@ One step (``train_step``), in this fixed order (also in ``docs/hooks.md``)::
               G optimizer step;  igan_after_optimizer_step(step, net="G")
 
 Real, labelled and generated batches go through D in separate passes (paper-notes §1.1): this matters
-for minibatch discrimination and for noise/dropout. Techniques return loss terms or modify modules;
+for minibatch discrimination and for noise/dropout. Weight-normed weights are computed once per phase
+(``parametrize.cached()``; not with stateful parametrizations such as spectral norm), not once per pass. Techniques return loss terms or modify modules;
 they never own an optimizer or re-run a forward pass the step already did. Loss values stay on the
 device: the loop synchronises only every ``log_every`` steps (``.item()`` is a host sync).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -31,6 +33,7 @@ from typing import Any
 import pluggy
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from igan import __version__
 from igan.checkpoint import (flatten_optimizer, load_checkpoint, prefixed, save_checkpoint,
@@ -39,6 +42,7 @@ from igan.config import RunConfig
 from igan.datasets import ImageDataset, load_dataset
 from igan.distributed import Dist
 from igan.errors import IganError, UsageError
+from igan.layers import cacheable_parametrizations
 from igan.models import DOut, ModelDef, Models, initialize_from_data, sample_z
 from igan.sampler import Batch, BatchSampler
 
@@ -110,6 +114,7 @@ class Run:
     dist: Dist = Dist()
     g_exec: nn.Module | None = None  # what the step calls: the DDP wrappers when distributed
     d_exec: nn.Module | None = None
+    cache_weights: bool = False  # compute parametrized (weight-normed) weights once per phase
 
     def __post_init__(self) -> None:
         self.g_exec = self.g_exec or self.models.generator
@@ -273,7 +278,8 @@ def build_run(config: RunConfig, pm: pluggy.PluginManager, run_dir: Path | None 
               opt_g=make_optimizer(config.adam, g_params, config.lr, betas),
               opt_d=make_optimizer(config.adam, d_params, config.lr, betas),
               sampler=sampler, device=device, run_dir=run_dir or Path("."), d_trainable=d_params,
-              dist=dist, g_exec=g_exec, d_exec=d_exec)
+              dist=dist, g_exec=g_exec, d_exec=d_exec,
+              cache_weights=cacheable_parametrizations(models.generator, models.discriminator))
     run.targets = pm.hook.igan_label_targets(config=config) or LabelTargets()
     fixed = torch.Generator().manual_seed(config.seed + 1)
     run.fixed_z = sample_z(64, models.z_dim, models.z_dist, "cpu", generator=fixed).to(device)
@@ -303,6 +309,13 @@ def _update(opt: torch.optim.Optimizer, loss: torch.Tensor, step: Step, net: str
     step.log(f"loss/{net}", loss)
 
 
+def _weights_once(run: Run) -> contextlib.AbstractContextManager:
+    """Within a phase no parameter changes until its optimizer step, so each weight-normed weight
+    W = g v / ||v|| can be computed once and shared by the phase's D passes (and its backward runs
+    once); the cache is dropped when the phase's losses are built, before the update."""
+    return parametrize.cached() if run.cache_weights else contextlib.nullcontext()
+
+
 def train_step(run: Run) -> dict[str, torch.Tensor]:
     """One D update then ``g_steps`` G updates. Returns the step's logged scalars (device tensors)."""
     hook = run.pm.hook
@@ -311,19 +324,20 @@ def train_step(run: Run) -> dict[str, torch.Tensor]:
     shard = run.dist.shard  # each process takes its own part of the global batch
     n = run.config.batch_size // run.dist.world
 
-    z = run.sample_z(n)
-    fake = G(z)  # kept with its graph: the first G update reuses it (G is unchanged by D's update)
-    x_real = run.data(shard(batch.unlabeled))
-    step = Step(run=run, it=run.step, x_real=x_real, z=z, fake=fake,
-                d_real=D(x_real), d_fake=D(fake.detach()))
-    if batch.labeled is not None:
-        labeled = shard(batch.labeled)
-        step.x_lab = run.data(labeled)
-        step.y_lab = run.dataset.y_train[labeled]
-        step.d_lab = D(step.x_lab)
-
     # ---- discriminator -----------------------------------------------------------------------
-    _update(run.opt_d, hook.igan_discriminator_loss(step=step) + _extra_terms(step, "D"), step, "D")
+    with _weights_once(run):
+        z = run.sample_z(n)
+        fake = G(z)  # kept with its graph: the first G update reuses it (G is unchanged by D's update)
+        x_real = run.data(shard(batch.unlabeled))
+        step = Step(run=run, it=run.step, x_real=x_real, z=z, fake=fake,
+                    d_real=D(x_real), d_fake=D(fake.detach()))
+        if batch.labeled is not None:
+            labeled = shard(batch.labeled)
+            step.x_lab = run.data(labeled)
+            step.y_lab = run.dataset.y_train[labeled]
+            step.d_lab = D(step.x_lab)
+        loss_d = hook.igan_discriminator_loss(step=step) + _extra_terms(step, "D")
+    _update(run.opt_d, loss_d, step, "D")
 
     # ---- generator ---------------------------------------------------------------------------
     # D's parameters are frozen here so G's backward pass does no weight-gradient work for D; D is called
@@ -333,17 +347,19 @@ def train_step(run: Run) -> dict[str, torch.Tensor]:
         p.requires_grad_(False)
     try:
         step.net = "G"
-        if batch.generator_real is not None:
-            with torch.no_grad():  # only its (detached) features are used
-                step.d_real_g = D(run.data(shard(batch.generator_real)))
-        else:
-            step.d_real_g = step.d_real
         for k in range(run.config.g_steps):
-            if k > 0:
-                step.z = run.sample_z(n)
-                step.fake = G(step.z)
-            step.d_fake = D(step.fake)
-            _update(run.opt_g, hook.igan_generator_loss(step=step) + _extra_terms(step, "G"), step, "G")
+            with _weights_once(run):  # per G update: G changes between them
+                if k == 0 and batch.generator_real is not None:
+                    with torch.no_grad():  # only its (detached) features are used
+                        step.d_real_g = D(run.data(shard(batch.generator_real)))
+                elif k == 0:
+                    step.d_real_g = step.d_real
+                if k > 0:
+                    step.z = run.sample_z(n)
+                    step.fake = G(step.z)
+                step.d_fake = D(step.fake)
+                loss_g = hook.igan_generator_loss(step=step) + _extra_terms(step, "G")
+            _update(run.opt_g, loss_g, step, "G")
     finally:
         for p in run.d_trainable:
             p.requires_grad_(True)

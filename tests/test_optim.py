@@ -51,3 +51,39 @@ def test_large_gradients_match_torch_adam_and_state_keys():
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert set(ours.state[a]) == {"step", "exp_avg", "exp_avg_sq"}  # checkpoints flatten the same way
     assert isinstance(make_optimizer("torch", [b], 0.01, (0.5, 0.999)), torch.optim.Adam)
+
+
+def _loop_reference_adam(params, grads_per_step, lr, betas, eps=1e-8):
+    """The update written per tensor and per element as in the reference code, for comparison."""
+    m = [torch.zeros_like(p) for p in params]
+    v = [torch.zeros_like(p) for p in params]
+    for t, grads in enumerate(grads_per_step, start=1):
+        for i, (p, g) in enumerate(zip(params, grads)):
+            if g is None:
+                continue
+            m[i] = betas[0] * m[i] + (1 - betas[0]) * g
+            v[i] = betas[1] * v[i] + (1 - betas[1]) * g * g
+            p -= lr * (m[i] / (1 - betas[0] ** t)) / torch.sqrt(v[i] / (1 - betas[1] ** t) + eps)
+    return params
+
+
+def test_foreach_update_matches_per_tensor_formula_with_uneven_steps():
+    """Several tensors of different shapes, one of which misses a step's gradient (its own step
+    count then lags behind the others')."""
+    torch.manual_seed(0)
+    shapes = [(3, 4), (5,), (2, 2, 2)]
+    init = [torch.randn(s, dtype=torch.float64) for s in shapes]
+    grads = [[torch.randn(s, dtype=torch.float64) * 1e-3 for s in shapes] for _ in range(4)]
+    grads[1][2] = None  # tensor 2 gets no gradient at step 2
+    params = [torch.nn.Parameter(x.clone()) for x in init]
+    opt = ReferenceAdam(params, lr=0.003, betas=(0.5, 0.999))
+    for step_grads in grads:
+        for p, g in zip(params, step_grads):
+            p.grad = None if g is None else g.clone()
+        opt.step()
+    # the lagging tensor's bias correction uses its own count: replay it with its 3 gradients
+    expected = _loop_reference_adam([x.clone() for x in init[:2]], [g[:2] for g in grads], 0.003, (0.5, 0.999))
+    expected += _loop_reference_adam([init[2].clone()], [[g[2]] for g in grads if g[2] is not None], 0.003, (0.5, 0.999))
+    for p, e in zip(params, expected):
+        assert torch.allclose(p.detach(), e, rtol=1e-12, atol=1e-15)
+    assert [int(opt.state[p]["step"]) for p in params] == [4, 4, 3]
