@@ -123,5 +123,5 @@ class _HistoricalPenalty(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         diffs = ctx.saved_tensors
-        torch._foreach_mul_(diffs, 2 * grad)  # in place: the saved differences are not needed again
-        return (None, *diffs, *[None] * len(diffs))
+        # not in place: a caller may run this backward twice (retain_graph=True)
+        return (None, *torch._foreach_mul(diffs, 2 * grad), *[None] * len(diffs))

@@ -12,10 +12,11 @@ One step (``train_step``), in this fixed order (also in ``docs/hooks.md``)::
               G optimizer step;  igan_after_optimizer_step(step, net="G")
 
 Real, labelled and generated batches go through D in separate passes (paper-notes §1.1): this matters
-for minibatch discrimination and for noise/dropout. Weight-normed weights are computed once per phase
-(``parametrize.cached()``; not with stateful parametrizations such as spectral norm), not once per pass. Techniques return loss terms or modify modules;
-they never own an optimizer or re-run a forward pass the step already did. Loss values stay on the
-device: the loop synchronises only every ``log_every`` steps (``.item()`` is a host sync).
+for minibatch discrimination and for noise/dropout. Weight-normed weights are computed once per phase,
+not once per pass (``parametrize.cached()``; off with stateful parametrizations such as spectral norm).
+Techniques return loss terms or modify modules; they never own an optimizer or re-run a forward pass
+the step already did. Loss values stay on the device: the loop synchronises only every ``log_every``
+steps (``.item()`` is a host sync).
 """
 
 from __future__ import annotations
@@ -348,15 +349,15 @@ def train_step(run: Run) -> dict[str, torch.Tensor]:
     try:
         step.net = "G"
         for k in range(run.config.g_steps):
-            with _weights_once(run):  # per G update: G changes between them
-                if k == 0 and batch.generator_real is not None:
-                    with torch.no_grad():  # only its (detached) features are used
-                        step.d_real_g = D(run.data(shard(batch.generator_real)))
-                elif k == 0:
-                    step.d_real_g = step.d_real
+            with _weights_once(run):  # one cache per G update: G changes between them
                 if k > 0:
                     step.z = run.sample_z(n)
                     step.fake = G(step.z)
+                elif batch.generator_real is not None:
+                    with torch.no_grad():  # only its (detached) features are used
+                        step.d_real_g = D(run.data(shard(batch.generator_real)))
+                else:
+                    step.d_real_g = step.d_real
                 step.d_fake = D(step.fake)
                 loss_g = hook.igan_generator_loss(step=step) + _extra_terms(step, "G")
             _update(run.opt_g, loss_g, step, "G")
