@@ -51,6 +51,8 @@ def _core_parameters(command: str) -> list[inspect.Parameter]:
         opt("lr", Optional[float], None, "--lr", min=0.0, help="Adam learning rate (default: the model's)"),
         opt("seed", int, 0, "--seed", help="random seed (model init, noise, data order)"),
         opt("device", str, "auto", "--device", help="auto, cpu, cuda or cuda:N"),
+        opt("fast_path", Optional[bool], None, "--fast-path/--no-fast-path",
+            help="torch.compile G and D, TF32 matmuls (default: on for CUDA; off on CPU, where it measured slower)"),
         opt("out", Optional[Path], None, "--out", help="run directory (default: runs/<dataset>-<time>)"),
         opt("resume", Optional[Path], None, "--resume", help="continue from this checkpoint exactly"),
         opt("as_json", bool, False, "--json", help="print a JSON summary on stdout"),
@@ -74,7 +76,7 @@ def _core_parameters(command: str) -> list[inspect.Parameter]:
 
 
 CORE_KEYS = {"dataset", "data_dir", "download", "epochs", "steps", "batch_size", "lr", "seed", "device",
-             "out", "resume", "log_every", "checkpoint_every", "g_steps", "g_loss", "adam", "model"}
+             "out", "resume", "log_every", "checkpoint_every", "g_steps", "g_loss", "adam", "model", "fast_path"}
 MODEL_KEYS = {"wn", "noise", "dropout"}
 
 

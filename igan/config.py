@@ -31,6 +31,7 @@ class RunConfig:
     adam: str = "reference"  # "reference": eps inside the sqrt as the paper's code; "torch": torch.optim.Adam
     seed: int = 0
     device: str = "auto"
+    fast_path: bool | None = None  # torch.compile of G and D, TF32 matmuls; None: on for CUDA devices
     out: str | None = None
     resume: str | None = None
     g_steps: int = 1  # generator updates per discriminator update (reference MBD scripts use 3)

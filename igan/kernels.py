@@ -10,62 +10,18 @@ Why hand-written: the minibatch features of §3.2 are O(N^2 B C) elementwise wor
 (p=1) computes it, but its backward is a generic p-norm kernel and autograd runs it twice (once per
 argument of cdist(m, m)); on the paper's MNIST MLP that made ``--mbd`` cost 2.3x a plain step.
 
-Compilation is controlled by ``IGAN_COMPILE``: ``auto`` (default: compile, fall back to eager with
-one warning if the compiler is missing or fails), ``1`` (compile, errors propagate) or ``0`` (eager).
+Compilation follows ``IGAN_COMPILE`` (``igan.compiling``).
 """
 
 from __future__ import annotations
-
-import os
-import warnings
-from typing import Callable
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["minibatch_similarity", "compile_mode"]
+from igan.compiling import MaybeCompiled
 
-
-def compile_mode() -> str:
-    """``auto``, ``on`` or ``off`` from ``IGAN_COMPILE`` (unset = auto)."""
-    value = os.environ.get("IGAN_COMPILE", "auto").strip().lower()
-    if value in ("0", "off", "false", "no"):
-        return "off"
-    if value in ("1", "on", "true", "yes"):
-        return "on"
-    return "auto"
-
-
-class _MaybeCompiled:
-    """``fn`` through torch.compile when allowed, else (or after a compiler failure) eagerly."""
-
-    def __init__(self, fn: Callable[..., object]) -> None:
-        self.fn = fn
-        self._compiled: Callable[..., object] | None = None
-        self._failed = False
-
-    def __call__(self, *args: Tensor):
-        mode = compile_mode()
-        if mode == "off" or self._failed:
-            return self.fn(*args)
-        if self._compiled is None:
-            # dynamic=False: one specialised kernel per shape. A run sees two or three shapes (init
-            # batch, training batch, evaluation batch); shape-generic code measured 2x slower.
-            self._compiled = torch.compile(self.fn, dynamic=False)
-        try:
-            return self._compiled(*args)
-        except Exception as exc:  # no C++ compiler / triton, unsupported backend, ...
-            if mode == "on":
-                raise
-            self._failed = True
-            warnings.warn(
-                f"igan: torch.compile failed for {self.fn.__name__} ({type(exc).__name__}); "
-                "using the eager kernel (set IGAN_COMPILE=0 to skip the attempt)",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            return self.fn(*args)
+__all__ = ["minibatch_similarity"]
 
 
 def _pair_similarity(mt: Tensor) -> Tensor:
@@ -100,8 +56,8 @@ def _similarity_backward(mt: Tensor, e: Tensor, grad: Tensor) -> Tensor:
     return torch.stack(per_dim, dim=1)  # [B, C, N]
 
 
-_forward = _MaybeCompiled(_similarity_forward)
-_backward = _MaybeCompiled(_similarity_backward)
+_forward = MaybeCompiled(_similarity_forward)
+_backward = MaybeCompiled(_similarity_backward)
 
 
 class _MinibatchSimilarity(torch.autograd.Function):

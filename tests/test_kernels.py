@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from igan import kernels
+from igan.compiling import MaybeCompiled, compile_mode
 from igan.kernels import minibatch_similarity
 
 
@@ -64,9 +65,9 @@ def test_rejects_wrong_rank() -> None:
 def test_compile_mode_from_environment(monkeypatch) -> None:
     for value, mode in [("0", "off"), ("off", "off"), ("1", "on"), ("auto", "auto"), ("", "auto")]:
         monkeypatch.setenv("IGAN_COMPILE", value)
-        assert kernels.compile_mode() == mode
+        assert compile_mode() == mode
     monkeypatch.delenv("IGAN_COMPILE")
-    assert kernels.compile_mode() == "auto"
+    assert compile_mode() == "auto"
 
 
 def _boom(fn, **kwargs):
@@ -79,7 +80,7 @@ def _boom(fn, **kwargs):
 def test_failed_compile_falls_back_to_eager_once(monkeypatch) -> None:
     monkeypatch.setenv("IGAN_COMPILE", "auto")
     monkeypatch.setattr(torch, "compile", _boom)
-    kernel = kernels._MaybeCompiled(kernels._similarity_forward)
+    kernel = MaybeCompiled(kernels._similarity_forward)
     m = torch.randn(3, 2, 5)
     with pytest.warns(RuntimeWarning, match="torch.compile failed"):
         o, _ = kernel(m)
@@ -92,7 +93,7 @@ def test_compile_on_propagates_errors(monkeypatch) -> None:
     monkeypatch.setenv("IGAN_COMPILE", "1")
     monkeypatch.setattr(torch, "compile", _boom)
     with pytest.raises(RuntimeError, match="no compiler here"):
-        kernels._MaybeCompiled(kernels._similarity_forward)(torch.randn(3, 2, 5))
+        MaybeCompiled(kernels._similarity_forward)(torch.randn(3, 2, 5))
 
 
 @pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="needs a C++ compiler")
@@ -101,7 +102,7 @@ def test_compiled_equals_eager(monkeypatch) -> None:
     on two batch sizes (a kernel per shape)."""
     monkeypatch.setenv("IGAN_COMPILE", "1")
     torch.manual_seed(2)
-    forward, backward = kernels._MaybeCompiled(kernels._similarity_forward), kernels._MaybeCompiled(kernels._similarity_backward)
+    forward, backward = MaybeCompiled(kernels._similarity_forward), MaybeCompiled(kernels._similarity_backward)
     for n in (20, 13):
         mt, grad = torch.randn(8, 5, n), torch.randn(8, n)
         o, e = forward(mt)

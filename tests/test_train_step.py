@@ -3,11 +3,14 @@ the same trajectory as computing it per pass, and off for stateful parametrizati
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from igan.compiling import MaybeCompiled
 from igan.layers import cacheable_parametrizations, weight_norm
 from igan.train import train_step
 
@@ -70,3 +73,78 @@ def test_stateful_parametrizations_turn_the_cache_off() -> None:
     assert cacheable_parametrizations(normed, nn.Linear(2, 2))
     # spectral norm's power iteration updates u/v on every call: caching would change its maths
     assert not cacheable_parametrizations(normed, spectral_norm(nn.Linear(3, 3)))
+
+
+# --- the fast path (--fast-path: compiled G and D) ------------------------------------------------
+
+
+def test_fast_path_is_off_on_cpu_by_default(tmp_path) -> None:
+    run = make_run(tmp_path)
+    assert run.config.fast_path is None
+    assert run.g_exec is run.generator and run.d_frozen_exec is run.discriminator
+    assert run.cache_weights
+
+
+def _boom(fn, **kwargs):
+    def fail(*args, **kw):
+        raise RuntimeError("no compiler here")
+
+    return fail
+
+
+def test_fast_path_falls_back_to_eager_when_compiling_fails(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("IGAN_COMPILE", "auto")
+    monkeypatch.setattr(torch, "compile", _boom)
+    torch.manual_seed(0)
+    fast = make_run(tmp_path / "fast", fast_path=True, seed=5)
+    assert isinstance(fast.d_exec, MaybeCompiled) and not fast.cache_weights
+    with pytest.warns(RuntimeWarning, match="torch.compile failed"):
+        train_step(fast)
+    assert fast.g_exec._failed and fast.d_exec._failed
+    torch.manual_seed(0)
+    eager = make_run(tmp_path / "eager", fast_path=False, seed=5)
+    eager.cache_weights = False  # as the fast path, which leaves weight norm to the compiled graph
+    train_step(eager)
+    for a, b in zip(fast.discriminator.parameters(), eager.discriminator.parameters()):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="needs a C++ compiler")
+def test_fast_path_compiled_steps_follow_eager_steps(tmp_path, monkeypatch) -> None:
+    """Three compiled steps against three eager ones from the same weights (D's noise off: compiled
+    graphs draw random numbers with their own generator)."""
+    monkeypatch.setenv("IGAN_COMPILE", "1")  # a compiler failure fails the test
+    runs, losses = [], []
+    for fast in (True, False):
+        torch.manual_seed(0)
+        run = make_run(tmp_path / str(fast), fast_path=fast, seed=7, model_kwargs={"noise": False})
+        run.cache_weights = False
+        logs = []
+        for _ in range(3):
+            logs.append({k: float(v) for k, v in train_step(run).items()})
+            run.step += 1
+        runs.append(run)
+        losses.append(logs)
+    assert isinstance(runs[0].d_exec, MaybeCompiled) and not runs[0].d_exec._failed
+    for compiled, eager in zip(*losses):
+        assert compiled.keys() == eager.keys()
+        for k in eager:
+            assert compiled[k] == pytest.approx(eager[k], rel=1e-4, abs=1e-6), k
+    for a, b in zip(runs[0].discriminator.parameters(), runs[1].discriminator.parameters()):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+    for a, b in zip(runs[0].generator.parameters(), runs[1].generator.parameters()):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_fast_path_flag_end_to_end(train_cli, tmp_path) -> None:
+    """`--fast-path` / `--no-fast-path` reach the run's config (IGAN_COMPILE=0 here: the graphs run
+    eagerly, the compiled run is covered above) and a run with it trains and checkpoints."""
+    import json
+
+    code, _, err = train_cli(tmp_path / "on", "--fast-path")
+    assert code == 0, err
+    assert json.loads((tmp_path / "on" / "config.json").read_text())["fast_path"] is True
+    code, _, err = train_cli(tmp_path / "off", "--no-fast-path")
+    assert code == 0, err
+    assert json.loads((tmp_path / "off" / "config.json").read_text())["fast_path"] is False
+    assert (tmp_path / "on" / "checkpoints" / "last.safetensors").is_file()
