@@ -14,7 +14,10 @@ layers, ReLU and Gaussian noise 0.3 on the input / 0.5 after each hidden layer),
 igan's side is ``igan.train.train_step`` on a run made by ``igan.train.build_run`` (data-dependent init,
 plugins, hooks: exactly what ``igan train`` / ``igan semisup`` run). Data is synthetic MNIST-shaped uint8
 ([6000, 1, 28, 28] random pixels and labels, plus a 1000-image test split) registered as dataset
-``bench_mnist`` by a small extra plugin, so no files are needed.
+``bench_mnist`` by a small extra plugin, so no files are needed. ``--fast-path on|off|auto`` sets igan's
+``--fast-path`` for the timed side (``torch.compile``'d G and D; ``auto`` is igan's default, on for CUDA
+only); the hand-written side always runs eagerly, so on CUDA the table compares igan's fast path with an
+eager baseline unless ``--fast-path off`` is given.
 
 The hand-written side (``HandG``, ``HandD``, ``hand_step``) is the same maths and architecture in plain
 PyTorch: weight-normed layers through ``torch.nn.utils.parametrizations.weight_norm`` (W = g v / ||v||
@@ -45,7 +48,9 @@ times igan's hook calls (pluggy hook-call monitoring), to locate any overhead.
     python benchmarks/step_speed.py                     # CPU, 1 thread, --steps 10 --rounds 30
     python benchmarks/step_speed.py --profile           # + torch.profiler tables and igan's hook times
     python benchmarks/step_speed.py --hand-wn-cache     # baseline variant: weight norm cached per phase
+    python benchmarks/step_speed.py --fast-path on         # igan's side torch.compile'd (default on CUDA only)
     python benchmarks/step_speed.py --device cuda --threads 0
+    python benchmarks/step_speed.py --device cuda --threads 0 --fast-path off
 """
 
 from __future__ import annotations
@@ -85,16 +90,18 @@ WORKLOADS = {"semisup": "semisup", "plain": "train"}  # workload -> igan command
 # ----------------------------------------------------------------------------------------------
 # igan's side (synthetic data from benchmarks/_synthetic.py, registered through an extra plugin)
 
+FAST_PATH = {"auto": None, "on": True, "off": False}
+
 
 def make_igan_run(workload: str, device: str, run_dir: Path, noise: bool = True, seed: int = 0,
-                  dtype: torch.dtype = torch.float32) -> Run:
+                  dtype: torch.dtype = torch.float32, fast_path: bool | None = False) -> Run:
     """igan's run as ``igan semisup`` / ``igan train`` builds it. ``dtype=torch.float64`` (equivalence check
     only) converts the initialised models and the batches to double precision; z follows the default dtype."""
     command = WORKLOADS[workload]
     pm = get_plugin_manager(extra=[("bench_data", BenchData(N_TRAIN, N_TEST))])
     config = RunConfig(command=command, dataset="bench_mnist", model="mnist_mlp", batch_size=100,
                        steps=10**9, device=device, seed=seed, lr=0.003,
-                       model_kwargs={} if noise else {"noise": False},
+                       model_kwargs={} if noise else {"noise": False}, fast_path=fast_path,
                        options=collect_options(pm).defaults(command))
     run = build_run(config, pm, run_dir)
     if dtype != torch.float32:
@@ -453,7 +460,7 @@ def igan_stepper(run: Run):
 
 
 def bench_workload(workload: str, args, tmp: Path, budget: float) -> dict:
-    run = make_igan_run(workload, args.device, tmp / workload)
+    run = make_igan_run(workload, args.device, tmp / workload, fast_path=FAST_PATH[args.fast_path])
     h = Hand(run, workload, wn=args.hand_wn, cache_wn=args.hand_wn_cache)
     sync = torch.cuda.synchronize if run.device.type == "cuda" else (lambda: None)
     sides = {"igan": igan_stepper(run), "hand": lambda: hand_step(h)}
@@ -570,6 +577,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hand-wn-cache", action="store_true",
                    help="variant: the hand-written step computes D's weight-normed weights once per phase "
                         "(torch.nn.utils.parametrize.cached()) instead of once per D pass")
+    p.add_argument("--fast-path", choices=tuple(FAST_PATH), default="auto",
+                   help="igan's --fast-path for the timed igan side (torch.compile'd G and D; auto = igan's "
+                        "default: on for CUDA, off on CPU); the equivalence check always runs eagerly")
     p.add_argument("--check-steps", type=int, default=3, help="steps of the equivalence check (0: skip it)")
     p.add_argument("--profile", action="store_true", help="also profile both sides and time igan's hooks")
     p.add_argument("--profile-steps", type=int, default=20)
@@ -631,7 +641,7 @@ def main(argv: list[str] | None = None) -> int:
         "env": {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "KMP_BLOCKTIME") if k in os.environ}, "platform": platform.platform(),
         "python": platform.python_version(), "model": "mnist_mlp", "batch_size": 100,
         "dataset": f"synthetic uint8 [{N_TRAIN}, 1, 28, 28] + {N_TEST} test",
-        "hand_weight_norm": args.hand_wn, "hand_wn_cache": args.hand_wn_cache,
+        "hand_weight_norm": args.hand_wn, "hand_wn_cache": args.hand_wn_cache, "igan_fast_path": args.fast_path,
         "steps_per_round": args.steps, "rounds": args.rounds, "warmup_steps": args.warmup,
         "loadavg_1_5_15_before": [round(v, 2) for v in load_before],
         "loadavg_1_5_15_after": [round(v, 2) for v in os.getloadavg()],
