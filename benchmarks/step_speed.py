@@ -269,10 +269,11 @@ def hand_step(h: Hand, batch=None) -> dict[str, torch.Tensor]:
     phase = parametrize.cached if h.cache_wn else contextlib.nullcontext
     unl, lab, fm_real = batch if batch is not None else h.sampler.next()
     z = torch.rand(h.batch, h.z_dim, device=h.device)
-    fake = G(z)
+    with torch.no_grad():
+        fake = G(z)
     with phase():
         logits_unl, _ = D(h.data(unl))
-        logits_fake, _ = D(fake.detach())
+        logits_fake, _ = D(fake)
         if h.workload == "semisup":
             logits_lab, _ = D(h.data(lab))
     if h.workload == "semisup":
@@ -293,6 +294,7 @@ def hand_step(h: Hand, batch=None) -> dict[str, torch.Tensor]:
     for p in h.d_train:  # no weight gradients for D in G's backward
         p.requires_grad_(False)
     with phase():
+        fake = G(torch.rand(h.batch, h.z_dim, device=h.device))  # fresh z for G's update, as igan
         if h.workload == "semisup":
             with torch.no_grad():
                 _, feat_real = D(h.data(fm_real))

@@ -2,12 +2,12 @@
 
 One step (``train_step``), in this fixed order (also in ``docs/hooks.md``)::
 
-    batch = sampler.next();  z ~ p(z);  fake = G(z)                  (one G forward, kept for G's update)
-    D phase   d_real = D(x_unl); d_lab = D(x_lab) if labelled; d_fake = D(fake.detach())
+    batch = sampler.next();  z ~ p(z);  fake = G(z) without gradients
+    D phase   d_real = D(x_unl); d_lab = D(x_lab) if labelled; d_fake = D(fake)
               loss_D = igan_discriminator_loss(step) + sum(igan_extra_loss(step, net="D"))
               D optimizer step;  igan_after_optimizer_step(step, net="D")
-    G phase   (g_steps times; fresh z and a new G forward after the first)
-              d_fake = D(fake) with D's parameters frozen;  d_real_g = D(x_real_g) or the D phase's d_real
+    G phase   (g_steps times)  fresh z ~ p(z);  fake = G(z)
+              d_real_g = D(x_real_g) (first update) or the D phase's d_real;  d_fake = D(fake), D frozen
               loss_G = igan_generator_loss(step) + sum(igan_extra_loss(step, net="G"))
               G optimizer step;  igan_after_optimizer_step(step, net="G")
 
@@ -66,8 +66,8 @@ class Step:
     run: "Run"
     it: int  # 0-based index of this step
     x_real: torch.Tensor
-    z: torch.Tensor
-    fake: torch.Tensor
+    z: torch.Tensor  # the noise of the current phase: the D phase's, then each G update's own
+    fake: torch.Tensor  # G(z): without gradients in the D phase, with them in the G phase
     d_real: DOut
     d_fake: DOut
     x_lab: torch.Tensor | None = None
@@ -347,10 +347,11 @@ def train_step(run: Run) -> dict[str, torch.Tensor]:
     # ---- discriminator -----------------------------------------------------------------------
     with _weights_once(run):
         z = run.sample_z(n)
-        fake = G(z)  # kept with its graph: the first G update reuses it (G is unchanged by D's update)
+        with torch.no_grad():  # D's input only: G's updates draw their own z (below)
+            fake = G(z)
         x_real = run.data(shard(batch.unlabeled))
         step = Step(run=run, it=run.step, x_real=x_real, z=z, fake=fake,
-                    d_real=D(x_real), d_fake=D(fake.detach()))
+                    d_real=D(x_real), d_fake=D(fake))
         if batch.labeled is not None:
             labeled = shard(batch.labeled)
             step.x_lab = run.data(labeled)
@@ -369,13 +370,14 @@ def train_step(run: Run) -> dict[str, torch.Tensor]:
         step.net = "G"
         for k in range(run.config.g_steps):
             with _weights_once(run):  # one cache per G update: G changes between them
-                if k > 0:
-                    step.z = run.sample_z(n)
-                    step.fake = G(step.z)
-                elif batch.generator_real is not None:
+                # Fresh noise for every G update, as the reference code (its generator function draws
+                # its own z) and the original GAN algorithm; not the D phase's batch.
+                step.z = run.sample_z(n)
+                step.fake = G(step.z)
+                if k == 0 and batch.generator_real is not None:
                     with torch.no_grad():  # only its (detached) features are used
                         step.d_real_g = D(run.data(shard(batch.generator_real)))
-                else:
+                elif k == 0:
                     step.d_real_g = step.d_real
                 step.d_fake = D(step.fake)
                 loss_g = hook.igan_generator_loss(step=step) + _extra_terms(step, "G")
