@@ -199,8 +199,10 @@ def igan_log(run: Run, step: int, values: dict[str, float]) -> None:
 
 
 @hookspec
-def igan_train_end(run: Run) -> None:
-    """Clean-up after the last step, after the final checkpoint is written. Return nothing."""
+def igan_train_end(run: Run, completed: bool) -> None:
+    """Clean-up when training stops. ``completed`` is True after the last step (the final checkpoint
+    is written); False when training stopped early on an error, Ctrl-C or SIGTERM (the last checkpoint
+    is the last good one; ``run.step`` tells how far it got). Return nothing."""
 
 
 @hookspec(firstresult=True)

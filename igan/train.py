@@ -601,12 +601,16 @@ def fit(run: Run, resume: Path | None = None, progress: bool = True) -> dict[str
     except (KeyboardInterrupt, Terminated):
         if not in_step:  # a second Ctrl-C mid-step keeps the previous (consistent) checkpoint instead
             save_run(run)  # nothing lost: the interrupted run resumes from here
+        _train_end_after_failure(run)
+        raise
+    except BaseException:
+        _train_end_after_failure(run)
         raise
     finally:
         metrics.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    hook.igan_train_end(run=run)
+    hook.igan_train_end(run=run, completed=True)
     elapsed = time.perf_counter() - t0
     summary = {"run_dir": str(run.run_dir), "checkpoint": str(run.run_dir / "checkpoints" / "last.safetensors"),
             "steps": run.step, "epochs": run.step / spe, "seconds": round(elapsed, 3),
@@ -615,6 +619,18 @@ def fit(run: Run, resume: Path | None = None, progress: bool = True) -> dict[str
     if main:
         (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _train_end_after_failure(run: Run) -> None:
+    """``igan_train_end(completed=False)`` so plugins can close what they opened. A plugin that fails
+    here only warns: the error that stopped training is the one to report."""
+    try:
+        run.pm.hook.igan_train_end(run=run, completed=False)
+    except Exception as exc:  # noqa: BLE001
+        import warnings
+
+        warnings.warn(f"igan_train_end failed after training stopped early: {type(exc).__name__}: {exc}",
+                      RuntimeWarning, stacklevel=2)
 
 
 def _main_thread() -> bool:

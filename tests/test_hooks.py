@@ -592,3 +592,59 @@ def test_every_hook_is_documented_and_tested():
     source = Path(__file__).read_text(encoding="utf-8")
     untested = [n for n in names if n not in SPY_HOOKS and f"def test_hook_{n}(" not in source]
     assert not untested, f"hooks without a test: {untested}"
+
+
+class EndRecorder:
+    """Records igan_train_end's `completed`; optionally fails in a hook or in train_end itself."""
+
+    def __init__(self, fail_at_step: int | None = None, fail_in_end: bool = False) -> None:
+        self.ends: list[tuple[bool, int]] = []
+        self.fail_at_step = fail_at_step
+        self.fail_in_end = fail_in_end
+
+    @hookimpl
+    def igan_log(self, run, step, values):
+        if step == self.fail_at_step:
+            raise RuntimeError("plugin failed mid-training")
+
+    @hookimpl
+    def igan_train_end(self, run, completed):
+        self.ends.append((completed, run.step))
+        if self.fail_in_end:
+            raise OSError("could not close the logger")
+
+
+def test_train_end_reports_completion(tmp_path) -> None:
+    rec = EndRecorder()
+    fit(make_run(tmp_path, ("rec", rec), steps=2), progress=False)
+    assert rec.ends == [(True, 2)]
+
+
+def test_train_end_fires_when_training_stops_early(tmp_path) -> None:
+    rec = EndRecorder(fail_at_step=2)
+    with pytest.raises(RuntimeError, match="plugin failed mid-training"):
+        fit(make_run(tmp_path, ("rec", rec), steps=4), progress=False)
+    assert rec.ends == [(False, 2)]
+
+
+def test_train_end_failure_after_an_early_stop_does_not_hide_the_error(tmp_path) -> None:
+    rec = EndRecorder(fail_at_step=1, fail_in_end=True)
+    with pytest.warns(RuntimeWarning, match="could not close the logger"):
+        with pytest.raises(RuntimeError, match="plugin failed mid-training"):
+            fit(make_run(tmp_path, ("rec", rec), steps=3), progress=False)
+    assert rec.ends == [(False, 1)]
+
+
+def test_train_end_after_ctrl_c_sees_the_saved_step(tmp_path) -> None:
+    class CtrlC(EndRecorder):
+        @hookimpl
+        def igan_log(self, run, step, values):
+            if step == 2:
+                raise KeyboardInterrupt
+
+    rec = CtrlC()
+    run = make_run(tmp_path, ("rec", rec), steps=5)
+    with pytest.raises(KeyboardInterrupt):
+        fit(run, progress=False)
+    assert rec.ends == [(False, 2)]
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.safetensors")[1]["step"] == 2
