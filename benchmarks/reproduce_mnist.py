@@ -33,7 +33,8 @@ def finished(run_dir: Path, epochs: int) -> dict | None:
     if not path.is_file():
         return None
     summary = json.loads(path.read_text())
-    return summary if summary.get("epochs", 0) >= epochs and "test_errors" in summary.get("metrics", {}) else None
+    done = summary.get("epochs", 0) >= epochs and "test_errors" in summary.get("metrics", {})
+    return summary if done else None
 
 
 def train_seed(args, labels: int, seed: int, label_seed: int, run_dir: Path) -> dict:
@@ -71,7 +72,8 @@ def main() -> None:
     ap.add_argument("--labels", type=int, nargs="+", default=[100])
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0, help="first model seed (default 0)")
-    ap.add_argument("--label-seed", type=int, default=1, help="first labelled-split seed (default 1, the reference's)")
+    ap.add_argument("--label-seed", type=int, default=1,
+                    help="first labelled-split seed (default 1, the reference's)")
     ap.add_argument("--epochs", type=int, default=300)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/reproduce_mnist"))
@@ -87,7 +89,8 @@ def main() -> None:
                      "std": statistics.stdev(errors) if len(errors) > 1 else 0.0,
                      "paper": PAPER.get(labels, "") if args.dataset == "mnist" else "", "runs": runs})
     (args.out / "table.json").write_text(json.dumps(rows, indent=2) + "\n")
-    lines = ["| labels | seeds | epochs | igan test errors | per seed | paper (of 10,000) |", "|---|---|---|---|---|---|"]
+    lines = ["| labels | seeds | epochs | igan test errors | per seed | paper (of 10,000) |",
+             "|---|---|---|---|---|---|"]
     lines += [f"| {r['labels']} | {r['seeds']} | {r['epochs']} | {r['mean']:.1f} ± {r['std']:.1f} | "
               f"{', '.join(str(e) for e in r['test_errors'])} | {r['paper']} |" for r in rows]
     (args.out / "table.md").write_text("\n".join(lines) + "\n")

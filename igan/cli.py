@@ -76,7 +76,8 @@ def _core_parameters(command: str) -> list[inspect.Parameter]:
 
 
 CORE_KEYS = {"dataset", "data_dir", "download", "epochs", "steps", "batch_size", "lr", "seed", "device",
-             "out", "resume", "log_every", "checkpoint_every", "g_steps", "g_loss", "adam", "model", "fast_path"}
+             "out", "resume", "log_every", "checkpoint_every", "g_steps", "g_loss", "adam", "model",
+             "fast_path"}
 MODEL_KEYS = {"wn", "noise", "dropout"}
 
 

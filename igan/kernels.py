@@ -37,7 +37,8 @@ def _pair_similarity(mt: Tensor) -> Tensor:
         d = term if d is None else d + term
     n = mt.shape[-1]
     idx = torch.arange(n, device=mt.device)
-    return torch.where(idx[:, None] == idx[None, :], torch.zeros((), dtype=mt.dtype, device=mt.device), torch.exp(-d))
+    zero = torch.zeros((), dtype=mt.dtype, device=mt.device)
+    return torch.where(idx[:, None] == idx[None, :], zero, torch.exp(-d))
 
 
 def _similarity_forward(mt: Tensor) -> tuple[Tensor, Tensor]:
@@ -52,7 +53,8 @@ def _similarity_backward(mt: Tensor, e: Tensor, grad: Tensor) -> Tensor:
     e[b, i, j] enters both o[b, i] and o[b, j] (it is symmetric), hence g_i + g_j; the derivative of
     |t| is sign(t) (0 at 0, as autograd's abs)."""
     w = (grad[:, :, None] + grad[:, None, :]) * e  # [B, N, N]
-    per_dim = [-(torch.sign(mt[:, c, :, None] - mt[:, c, None, :]) * w).sum(dim=2) for c in range(mt.shape[1])]
+    per_dim = [-(torch.sign(mt[:, c, :, None] - mt[:, c, None, :]) * w).sum(dim=2)
+               for c in range(mt.shape[1])]
     return torch.stack(per_dim, dim=1)  # [B, C, N]
 
 

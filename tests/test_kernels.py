@@ -13,6 +13,9 @@ from igan import kernels
 from igan.compiling import MaybeCompiled, compile_mode
 from igan.kernels import minibatch_similarity
 
+needs_compiler = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                                    reason="torch.compile's CPU backend needs a C++ compiler")
+
 
 def textbook(m: torch.Tensor) -> torch.Tensor:
     """o[i, b] = sum_{j != i} exp(-sum_c |m[i,b,c] - m[j,b,c]|), the reference's way: +1e6 on the diagonal."""
@@ -24,7 +27,8 @@ def textbook(m: torch.Tensor) -> torch.Tensor:
 def test_by_hand() -> None:
     # N=3, B=1, C=2: d(0,1) = 1 + 2 = 3, d(0,2) = 0 + 1 = 1, d(1,2) = 1 + 1 = 2.
     m = torch.tensor([[[0.0, 0.0]], [[1.0, 2.0]], [[0.0, 1.0]]])
-    expected = torch.tensor([[math.exp(-3) + math.exp(-1)], [math.exp(-3) + math.exp(-2)], [math.exp(-1) + math.exp(-2)]])
+    e01, e02, e12 = math.exp(-3), math.exp(-1), math.exp(-2)
+    expected = torch.tensor([[e01 + e02], [e01 + e12], [e02 + e12]])
     assert torch.allclose(minibatch_similarity(m), expected)
 
 
@@ -96,23 +100,25 @@ def test_compile_on_propagates_errors(monkeypatch) -> None:
         MaybeCompiled(kernels._similarity_forward)(torch.randn(3, 2, 5))
 
 
-@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="needs a C++ compiler")
+@needs_compiler
 def test_compiled_equals_eager(monkeypatch) -> None:
     """The torch.compile'd kernel (what runs by default) against the eager one: forward and backward,
     on two batch sizes (a kernel per shape)."""
     monkeypatch.setenv("IGAN_COMPILE", "1")
     torch.manual_seed(2)
-    forward, backward = MaybeCompiled(kernels._similarity_forward), MaybeCompiled(kernels._similarity_backward)
+    forward = MaybeCompiled(kernels._similarity_forward)
+    backward = MaybeCompiled(kernels._similarity_backward)
     for n in (20, 13):
         mt, grad = torch.randn(8, 5, n), torch.randn(8, n)
         o, e = forward(mt)
         o_ref, e_ref = kernels._similarity_forward(mt)
-        assert torch.allclose(o, o_ref, rtol=1e-5, atol=1e-6) and torch.allclose(e, e_ref, rtol=1e-5, atol=1e-6)
+        assert torch.allclose(o, o_ref, rtol=1e-5, atol=1e-6)
+        assert torch.allclose(e, e_ref, rtol=1e-5, atol=1e-6)
         g = backward(mt, e_ref, grad)
         assert torch.allclose(g, kernels._similarity_backward(mt, e_ref, grad), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="needs a C++ compiler")
+@needs_compiler
 def test_train_with_compiled_minibatch_layer(train_cli, tmp_path, monkeypatch, single_thread) -> None:
     """`igan train --mbd` end to end with the compiled kernel (init, training and sampling batch
     shapes) gives the same losses as the eager kernel from the same seed."""

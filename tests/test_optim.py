@@ -82,8 +82,9 @@ def test_foreach_update_matches_per_tensor_formula_with_uneven_steps():
             p.grad = None if g is None else g.clone()
         opt.step()
     # the lagging tensor's bias correction uses its own count: replay it with its 3 gradients
-    expected = _loop_reference_adam([x.clone() for x in init[:2]], [g[:2] for g in grads], 0.003, (0.5, 0.999))
-    expected += _loop_reference_adam([init[2].clone()], [[g[2]] for g in grads if g[2] is not None], 0.003, (0.5, 0.999))
+    hyper = (0.003, (0.5, 0.999))
+    expected = _loop_reference_adam([x.clone() for x in init[:2]], [g[:2] for g in grads], *hyper)
+    expected += _loop_reference_adam([init[2].clone()], [[g[2]] for g in grads if g[2] is not None], *hyper)
     for p, e in zip(params, expected):
         assert torch.allclose(p.detach(), e, rtol=1e-12, atol=1e-15)
     assert [int(opt.state[p]["step"]) for p in params] == [4, 4, 3]

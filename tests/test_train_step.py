@@ -3,8 +3,6 @@ the same trajectory as computing it per pass, and off for stateful parametrizati
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 from torch import nn
@@ -15,6 +13,7 @@ from igan.layers import cacheable_parametrizations, weight_norm
 from igan.train import train_step
 
 from test_hooks import make_run
+from test_kernels import needs_compiler
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -38,7 +37,8 @@ def _weight_norm_calls(module: nn.Module) -> list[int]:
 def test_each_weight_computed_once_per_phase(tmp_path, command) -> None:
     """train: 2 D passes + 1 G-phase pass; semisup: 3 D passes + 2 G-phase passes (real features for
     feature matching). Cached, every D weight is computed once in each of the two phases."""
-    run = make_run(tmp_path, command=command, **({"num_classes": 10, "options": {"labels": 20}} if command == "semisup" else {}))
+    extra = {"num_classes": 10, "options": {"labels": 20}} if command == "semisup" else {}
+    run = make_run(tmp_path, command=command, **extra)
     run.pm.hook.igan_train_start(run=run)  # semisup's labelled and FM-real batches are set up here
     assert run.cache_weights
     counts = _weight_norm_calls(run.discriminator)
@@ -109,7 +109,7 @@ def test_fast_path_falls_back_to_eager_when_compiling_fails(tmp_path, monkeypatc
         assert torch.equal(a, b)
 
 
-@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="needs a C++ compiler")
+@needs_compiler
 def test_fast_path_compiled_steps_follow_eager_steps(tmp_path, monkeypatch) -> None:
     """Three compiled steps against three eager ones from the same weights (D's noise off: compiled
     graphs draw random numbers with their own generator)."""
