@@ -125,6 +125,22 @@ def train_once(config, pm) -> dict[str, Any]:
     return fit(run, resume=Path(config.resume) if config.resume else None)
 
 
+def train_parallel(configs: list, pms) -> list[dict[str, Any]]:
+    """Build and train K runs at once as one batched computation (``--parallel``, ``igan.parallel``)."""
+    from igan.parallel import build_parallel
+    from igan.train import fit_runs
+
+    if any(c.resume for c in configs):
+        raise UsageError("--resume cannot be combined with --parallel",
+                         hint="resume each seed on its own: --seed S --resume RUN/seedS/checkpoints/last.safetensors")
+    dirs = [_run_dir(c) for c in configs]
+    for d in dirs:
+        if (d / "checkpoints" / "last.safetensors").exists():
+            raise UsageError(f"{d} already holds a run", hint="use another --out")
+    trainer = build_parallel(configs, [pms.new() for _ in configs], dirs)
+    return fit_runs(trainer, [None] * len(configs))
+
+
 def _training_command(command: str, pm_factory: Callable, parser, doc: str) -> Callable:
     def command_fn(**values: Any) -> None:
         as_json = values.pop("as_json")

@@ -75,6 +75,10 @@ def igan_label_targets(config):
     return LabelTargets()
 
 
+# The default losses are pure functions of the step: --parallel may compute them for K models at once.
+parallel_safe = True
+
+
 @hookimpl(trylast=True)
 def igan_discriminator_loss(step):
     # Standard GAN loss on the real/fake logit logsumexp(logits) (= the logit itself when K = 1).

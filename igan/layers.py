@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextvars
 from typing import Callable
 
 import torch
@@ -21,6 +22,7 @@ from igan.kernels import minibatch_similarity
 
 __all__ = [
     "GaussianNoise",
+    "NoiseTape",
     "BatchNormNoScale",
     "MinibatchDiscrimination",
     "VirtualBatchNorm",
@@ -62,10 +64,51 @@ class GaussianNoise(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.sigma == 0:
             return x
-        return x + self.sigma * torch.randn_like(x)
+        tape = _NOISE_TAPE.get()
+        return x + self.sigma * (tape.next(x) if tape is not None else torch.randn_like(x))
 
     def extra_repr(self) -> str:
         return f"sigma={self.sigma}"
+
+
+class NoiseTape:
+    """Standard-normal noise for ``GaussianNoise`` layers, drawn before the forward pass and handed out
+    in call order while the tape is active (``with NoiseTape(tensors): ...``).
+
+    Vectorised seeds (``igan.parallel``) need it: under ``torch.func.vmap`` one call serves K models,
+    but each model must draw from its own random stream exactly as its single-seed run does. So each
+    model's noise is drawn outside vmap, with that model's RNG, in the order its layers consume it, and
+    replayed here. A tape made without tensors records the per-example shapes the layers ask for (and
+    adds zeros), which is how the shapes to draw are learnt.
+    """
+
+    def __init__(self, tensors: list[Tensor] | None = None) -> None:
+        self.tensors = list(tensors) if tensors is not None else None
+        self.shapes: list[tuple[int, ...]] = []
+        self.pos = 0
+        self._token: contextvars.Token | None = None
+
+    def next(self, x: Tensor) -> Tensor:
+        if self.tensors is None:
+            self.shapes.append(tuple(x.shape[1:]))
+            return torch.zeros_like(x)
+        if self.pos >= len(self.tensors):
+            raise RuntimeError("a GaussianNoise layer asked for more noise than was drawn for this pass")
+        self.pos += 1
+        return self.tensors[self.pos - 1]
+
+    def __enter__(self) -> "NoiseTape":
+        self._token = _NOISE_TAPE.set(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _NOISE_TAPE.reset(self._token)
+        if exc[0] is None and self.tensors is not None and self.pos != len(self.tensors):
+            raise RuntimeError(f"{len(self.tensors) - self.pos} drawn noise tensors were not used: the layers "
+                               "were called in another order than the one recorded")
+
+
+_NOISE_TAPE: contextvars.ContextVar[NoiseTape | None] = contextvars.ContextVar("igan_noise_tape", default=None)
 
 
 class BatchNormNoScale(nn.Module):

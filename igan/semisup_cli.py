@@ -1,6 +1,6 @@
 """``igan semisup``: semi-supervised training runs, several seeds, and the supervised-only baseline.
 
-``--seeds K`` trains K runs one after the other, varying both the model seed and the labelled split
+``--seeds K`` trains K runs one after the other (or, with ``--parallel``, at once: ``igan.parallel``), varying both the model seed and the labelled split
 (``--seed + i``, ``--label-seed + i``), as the paper's 10-seed protocol, and prints a table like its
 Table 1 (test errors, mean ± std). On the embedded digits set the supervised-only baseline runs too
 (``--baseline``), so the gain from unlabelled data is visible in one command.
@@ -29,19 +29,23 @@ def _summarise(summary: dict[str, Any], config) -> dict[str, Any]:
             "seconds": summary["seconds"]}
 
 
-def run_semisup(config, pms, seeds: int = 1, baseline: bool | None = None) -> dict[str, Any]:
-    from igan.cli import _run_dir, train_once
+def run_semisup(config, pms, seeds: int = 1, baseline: bool | None = None, parallel: bool = False) -> dict[str, Any]:
+    from igan.cli import _run_dir, train_once, train_parallel
     from igan.console import stderr
     from igan.techniques.semisup import labels_for
 
     base_dir = _run_dir(config)
-    runs = []
+    configs = []
     for i in range(seeds):
         cfg = copy.deepcopy(config)
         cfg.seed = config.seed + i
         cfg.options["label_seed"] = config.opt("label_seed", 1) + i
         cfg.out = str(base_dir / f"seed{cfg.seed}") if seeds > 1 else str(base_dir)
-        runs.append(_summarise(train_once(cfg, pms.new()), cfg))
+        configs.append(cfg)
+    if parallel and seeds > 1:
+        runs = [_summarise(s, cfg) for s, cfg in zip(train_parallel(configs, pms), configs)]
+    else:
+        runs = [_summarise(train_once(cfg, pms.new()), cfg) for cfg in configs]
     errors = [r["test_errors"] for r in runs]
     n_test = runs[0]["test_size"]
     result: dict[str, Any] = {**runs[0], "labels": labels_for(config), "dataset": config.dataset,
@@ -57,7 +61,7 @@ def run_semisup(config, pms, seeds: int = 1, baseline: bool | None = None) -> di
         cfg = copy.deepcopy(config)
         cfg.options["supervised_only"] = True
         cfg.out = str(base_dir / "supervised-only")
-        result["baseline"] = run_semisup(cfg, pms, seeds, baseline=False)
+        result["baseline"] = run_semisup(cfg, pms, seeds, baseline=False, parallel=parallel)
     if not config.opt("supervised_only"):
         _print_table(result, n_test, stderr)
     (base_dir / "semisup.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -84,8 +88,8 @@ def _print_table(result: dict[str, Any], n_test: int | None, console) -> None:
 
 
 def register(app: typer.Typer, pms, parser, training_command) -> None:
-    def runner(config, pms_, seeds: int = 1, baseline: Optional[bool] = None):
-        return run_semisup(config, pms_, seeds, baseline)
+    def runner(config, pms_, seeds: int = 1, baseline: Optional[bool] = None, parallel: bool = False):
+        return run_semisup(config, pms_, seeds, baseline, parallel)
 
     base = training_command("semisup", pms, parser,
                             "Semi-supervised learning with the K+1 discriminator (paper §5); prints the test error.")
@@ -94,7 +98,8 @@ def register(app: typer.Typer, pms, parser, training_command) -> None:
     def semisup(**values: Any) -> None:
         seeds = values.pop("seeds")
         baseline = values.pop("baseline")
-        pms.runners["semisup"] = lambda config, p: runner(config, p, seeds, baseline)
+        parallel = values.pop("parallel")
+        pms.runners["semisup"] = lambda config, p: runner(config, p, seeds, baseline, parallel)
         base(**values)
 
     P = inspect.Parameter
@@ -104,6 +109,9 @@ def register(app: typer.Typer, pms, parser, training_command) -> None:
         P("baseline", P.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[bool], typer.Option(
             "--baseline/--no-baseline", rich_help_panel=PANEL,
             help="also train the supervised-only baseline (default: on for digits)")]),
+        P("parallel", P.KEYWORD_ONLY, default=False, annotation=Annotated[bool, typer.Option(
+            "--parallel", rich_help_panel=PANEL,
+            help="train the --seeds runs at once, as one batched computation (docs/performance.md)")]),
     ]
     semisup.__signature__ = signature.replace(parameters=list(signature.parameters.values()) + extra)
     semisup.__doc__ = base.__doc__

@@ -48,7 +48,8 @@ from igan.layers import cacheable_parametrizations
 from igan.models import DOut, ModelDef, Models, initialize_from_data, sample_z
 from igan.sampler import Batch, BatchSampler
 
-__all__ = ["LabelTargets", "Step", "Run", "build_run", "train_step", "fit", "Terminated"]
+__all__ = ["LabelTargets", "Step", "Run", "build_run", "discriminator_phase", "generator_phase", "train_step", "fit",
+           "fit_runs", "OneRun", "Terminated"]
 
 
 @dataclass(frozen=True)
@@ -336,10 +337,39 @@ def _weights_once(run: Run) -> contextlib.AbstractContextManager:
     return parametrize.cached() if run.cache_weights else contextlib.nullcontext()
 
 
+def discriminator_phase(run: Run, G, D, z: torch.Tensor, x_real: torch.Tensor, x_lab: torch.Tensor | None = None,
+                        y_lab: torch.Tensor | None = None) -> tuple[torch.Tensor, Step]:
+    """D's loss for one step: G(z) without gradients, D's passes in their fixed order (real, generated,
+    labelled), then the loss hooks. Pure of optimizer state, so ``igan.parallel`` runs this same code
+    under ``torch.func.vmap`` for K models at once."""
+    with torch.no_grad():  # D's input only: G's updates draw their own z
+        fake = G(z)
+    step = Step(run=run, it=run.step, x_real=x_real, z=z, fake=fake, d_real=D(x_real), d_fake=D(fake))
+    if x_lab is not None:
+        step.x_lab, step.y_lab = x_lab, y_lab
+        step.d_lab = D(x_lab)
+    return run.pm.hook.igan_discriminator_loss(step=step) + _extra_terms(step, "D"), step
+
+
+def generator_phase(step: Step, G, D, z: torch.Tensor, x_real_g: torch.Tensor | None = None,
+                    first: bool = True) -> torch.Tensor:
+    """G's loss for one G update with fresh noise ``z`` (D frozen by the caller). On the first update,
+    the real batch G's loss compares against is D's view of ``x_real_g`` (an independent real batch,
+    without gradients) or else the D phase's real batch."""
+    step.net = "G"
+    step.z = z
+    step.fake = G(z)
+    if first and x_real_g is not None:
+        with torch.no_grad():  # only its (detached) features are used
+            step.d_real_g = D(x_real_g)
+    elif first:
+        step.d_real_g = step.d_real
+    step.d_fake = D(step.fake)
+    return step.run.pm.hook.igan_generator_loss(step=step) + _extra_terms(step, "G")
+
+
 def train_step(run: Run) -> dict[str, torch.Tensor]:
     """One D update then ``g_steps`` G updates. Returns the step's logged scalars (device tensors)."""
-    hook = run.pm.hook
-    G, D = run.g_exec, run.d_exec
     batch: Batch = run.sampler.next()
     shard = run.dist.shard  # each process takes its own part of the global batch
     n = run.config.batch_size // run.dist.world
@@ -347,40 +377,27 @@ def train_step(run: Run) -> dict[str, torch.Tensor]:
     # ---- discriminator -----------------------------------------------------------------------
     with _weights_once(run):
         z = run.sample_z(n)
-        with torch.no_grad():  # D's input only: G's updates draw their own z (below)
-            fake = G(z)
-        x_real = run.data(shard(batch.unlabeled))
-        step = Step(run=run, it=run.step, x_real=x_real, z=z, fake=fake,
-                    d_real=D(x_real), d_fake=D(fake))
-        if batch.labeled is not None:
-            labeled = shard(batch.labeled)
-            step.x_lab = run.data(labeled)
-            step.y_lab = run.dataset.y_train[labeled]
-            step.d_lab = D(step.x_lab)
-        loss_d = hook.igan_discriminator_loss(step=step) + _extra_terms(step, "D")
+        labeled = shard(batch.labeled) if batch.labeled is not None else None
+        loss_d, step = discriminator_phase(
+            run, run.g_exec, run.d_exec, z, run.data(shard(batch.unlabeled)),
+            run.data(labeled) if labeled is not None else None,
+            run.dataset.y_train[labeled] if labeled is not None else None)
     _update(run.opt_d, loss_d, step, "D")
 
     # ---- generator ---------------------------------------------------------------------------
     # D's parameters are frozen here so G's backward pass does no weight-gradient work for D; D is called
     # unwrapped (no DDP) because none of its gradients are synchronised in this phase.
-    D = run.d_frozen_exec
     for p in run.d_trainable:
         p.requires_grad_(False)
     try:
-        step.net = "G"
         for k in range(run.config.g_steps):
             with _weights_once(run):  # one cache per G update: G changes between them
                 # Fresh noise for every G update, as the reference code (its generator function draws
                 # its own z) and the original GAN algorithm; not the D phase's batch.
-                step.z = run.sample_z(n)
-                step.fake = G(step.z)
-                if k == 0 and batch.generator_real is not None:
-                    with torch.no_grad():  # only its (detached) features are used
-                        step.d_real_g = D(run.data(shard(batch.generator_real)))
-                elif k == 0:
-                    step.d_real_g = step.d_real
-                step.d_fake = D(step.fake)
-                loss_g = hook.igan_generator_loss(step=step) + _extra_terms(step, "G")
+                z = run.sample_z(n)
+                x_real_g = (run.data(shard(batch.generator_real))
+                            if k == 0 and batch.generator_real is not None else None)
+                loss_g = generator_phase(step, run.g_exec, run.d_frozen_exec, z, x_real_g, first=k == 0)
             _update(run.opt_g, loss_g, step, "G")
     finally:
         for p in run.d_trainable:
@@ -512,35 +529,67 @@ class _MetricsLog:
             self.f.close()
 
 
-def _check_finite(values: dict[str, float], step: int) -> None:
+def _check_finite(values: dict[str, float], step: int, who: str = "") -> None:
     bad = [k for k, v in values.items() if not math.isfinite(v)]
     if bad:
-        raise IganError(f"non-finite loss at step {step}: {', '.join(f'{k}={values[k]}' for k in bad)}",
+        raise IganError(f"non-finite loss at step {step}{who}: {', '.join(f'{k}={values[k]}' for k in bad)}",
                         hint="the last good checkpoint is kept; lower --lr or check the technique settings")
+
+
+class OneRun:
+    """How ``fit`` drives a single run: its step is ``train_step`` and the global RNG is the run's own.
+    ``igan.parallel.ParallelRuns`` is the other driver (K runs in one batched step)."""
+
+    def __init__(self, run: Run) -> None:
+        self.runs = [run]
+
+    def step(self) -> list[dict[str, torch.Tensor]]:
+        return [train_step(self.runs[0])]
+
+    def active(self, i: int) -> contextlib.AbstractContextManager:  # noqa: ARG002
+        return contextlib.nullcontext()
+
+    def restored(self) -> None:
+        """Called once the runs' train-start hooks ran and checkpoints were restored."""
+
+    def save(self, i: int) -> None:
+        save_run(self.runs[i])
 
 
 def fit(run: Run, resume: Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Train to ``run.total_steps``; returns a summary. Writes checkpoints, samples and metrics."""
+    return fit_runs(OneRun(run), [resume], progress)[0]
+
+
+def fit_runs(trainer: Any, resumes: list[Path | None], progress: bool = True) -> list[dict[str, Any]]:
+    """The loop, for one run or K runs stepped together (``--parallel``): each run keeps its own
+    checkpoints, samples, metrics and plugin state; the hooks fire per run, with that run's RNG."""
     from igan.console import TrainProgress
     from igan.images import make_grid, save_png
 
-    hook = run.pm.hook
-    hook.igan_train_start(run=run)
-    if resume is not None:
-        restore_run(run, resume)
-    main = run.dist.is_main
+    runs: list[Run] = trainer.runs
+    for i, run in enumerate(runs):
+        with trainer.active(i):
+            run.pm.hook.igan_train_start(run=run)
+            if resumes[i] is not None:
+                restore_run(run, resumes[i])
+    trainer.restored()
+    first = runs[0]
+    main = first.dist.is_main
     if main:  # only now: a refused resume must not touch the run directory
-        run.run_dir.mkdir(parents=True, exist_ok=True)
-        (run.run_dir / "config.json").write_text(json.dumps(json.loads(run.config.to_json()), indent=2) + "\n")
-    total = run.total_steps
-    spe = run.steps_per_epoch
-    log_every = max(1, run.config.log_every)
-    metrics = _MetricsLog(run.run_dir / "metrics.jsonl", active=main)
-    acc: dict[str, torch.Tensor] = {}
+        for run in runs:
+            run.run_dir.mkdir(parents=True, exist_ok=True)
+            (run.run_dir / "config.json").write_text(json.dumps(json.loads(run.config.to_json()), indent=2) + "\n")
+    total = first.total_steps
+    spe = first.steps_per_epoch
+    log_every = max(1, first.config.log_every)
+    metrics = [_MetricsLog(run.run_dir / "metrics.jsonl", active=main) for run in runs]
+    acc: list[dict[str, torch.Tensor]] = [{} for _ in runs]
     n_acc = 0
-    last_values: dict[str, float] = {}
+    last_values: list[dict[str, float]] = [{} for _ in runs]
     t0 = time.perf_counter()
-    start_step = run.step
+    start_step = first.step
+    labels = [f" (seed {run.config.seed})" if len(runs) > 1 else "" for run in runs]
 
     # Ctrl-C and SIGTERM only raise a flag; the loop acts on it between steps, so the checkpoint it
     # writes is consistent (a step interrupted half-way would leave D updated but the step count not).
@@ -552,85 +601,113 @@ def fit(run: Run, resume: Path | None = None, progress: bool = True) -> dict[str
             raise KeyboardInterrupt
         stop.append(Terminated if signum == signal.SIGTERM else KeyboardInterrupt)
 
+    def save_all() -> None:
+        for i in range(len(runs)):
+            trainer.save(i)
+
     previous = ({sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
                 if _main_thread() else {})
     try:
-        with TrainProgress(total, run.step, enabled=progress and main) as bar:
-            while run.step < total:
+        with TrainProgress(total, first.step, enabled=progress and main) as bar:
+            while first.step < total:
                 if stop:
                     raise stop[0]()
                 in_step = True
-                logs = train_step(run)
-                run.step += 1
+                all_logs = trainer.step()
+                for run in runs:
+                    run.step += 1
                 in_step = False
-                for k, v in logs.items():
-                    acc[k] = acc[k] + v if k in acc else v
+                for a, logs in zip(acc, all_logs):
+                    for k, v in logs.items():
+                        a[k] = a[k] + v if k in a else v
                 n_acc += 1
-                end_of_epoch = run.step % spe == 0 or run.step == total
-                if run.step % log_every == 0 or end_of_epoch:
-                    # one host sync for all scalars of the interval (means over the interval)
-                    keys = list(acc)
-                    if keys:
-                        stacked = run.dist.sum(torch.stack([acc[k] for k in keys]))  # mean over ranks too
-                        vals = stacked.div_(n_acc * run.dist.world).tolist()
-                    else:
-                        vals = []
-                    last_values = dict(zip(keys, vals))
-                    _check_finite(last_values, run.step)
-                    acc, n_acc = {}, 0
-                    metrics.write({"step": run.step, "epoch": run.step / spe, **last_values})
-                    hook.igan_log(run=run, step=run.step, values=last_values)
-                    bar.update(run.step, {**{k.split("/")[-1] if k.count("/") == 1 else k: v
-                                                 for k, v in last_values.items()}, **run.last_metrics})
+                step = first.step
+                end_of_epoch = step % spe == 0 or step == total
+                if step % log_every == 0 or end_of_epoch:
+                    for i, run in enumerate(runs):
+                        # one host sync for all scalars of the interval (means over the interval)
+                        keys = list(acc[i])
+                        if keys:
+                            stacked = run.dist.sum(torch.stack([acc[i][k] for k in keys]))  # mean over ranks too
+                            vals = stacked.div_(n_acc * run.dist.world).tolist()
+                        else:
+                            vals = []
+                        last_values[i] = dict(zip(keys, vals))
+                        _check_finite(last_values[i], step, labels[i])
+                        metrics[i].write({"step": step, "epoch": step / spe, **last_values[i]})
+                        run.pm.hook.igan_log(run=run, step=step, values=last_values[i])
+                    acc, n_acc = [{} for _ in runs], 0
+                    shown = _mean_over_runs(last_values + [run.last_metrics for run in runs], len(runs))
+                    bar.update(step, {k.split("/")[-1] if k.count("/") == 1 else k: v for k, v in shown.items()})
                 if end_of_epoch:
-                    epoch = math.ceil(run.step / spe)
-                    found: dict[str, float] = {}
-                    for result in hook.igan_epoch_end(run=run, epoch=epoch):
-                        found.update(result or {})
-                    if found:
-                        run.last_metrics = found
-                        metrics.write({"step": run.step, "epoch": run.step / spe, **found})
-                        hook.igan_log(run=run, step=run.step, values=found)
-                    if main:
-                        images = run.generate(run.fixed_z.shape[0], run.fixed_z)
-                        save_png(make_grid(images), run.run_dir / "samples" / f"epoch_{epoch:04d}.png",
-                                 upscale=4 if max(images.shape[-2:]) < 64 else 1)
-                    save_run(run)
-                elif run.config.checkpoint_every and run.step % run.config.checkpoint_every == 0:
-                    save_run(run)
+                    epoch = math.ceil(step / spe)
+                    for i, run in enumerate(runs):
+                        with trainer.active(i):
+                            found: dict[str, float] = {}
+                            for result in run.pm.hook.igan_epoch_end(run=run, epoch=epoch):
+                                found.update(result or {})
+                            if found:
+                                run.last_metrics = found
+                                metrics[i].write({"step": step, "epoch": step / spe, **found})
+                                run.pm.hook.igan_log(run=run, step=step, values=found)
+                            if main:
+                                images = run.generate(run.fixed_z.shape[0], run.fixed_z)
+                                save_png(make_grid(images), run.run_dir / "samples" / f"epoch_{epoch:04d}.png",
+                                         upscale=4 if max(images.shape[-2:]) < 64 else 1)
+                    save_all()
+                elif first.config.checkpoint_every and step % first.config.checkpoint_every == 0:
+                    save_all()
     except (KeyboardInterrupt, Terminated):
         if not in_step:  # a second Ctrl-C mid-step keeps the previous (consistent) checkpoint instead
-            save_run(run)  # nothing lost: the interrupted run resumes from here
-        _train_end_after_failure(run)
+            save_all()  # nothing lost: the interrupted run resumes from here
+        _train_end_after_failure(trainer)
         raise
     except BaseException:
-        _train_end_after_failure(run)
+        _train_end_after_failure(trainer)
         raise
     finally:
-        metrics.close()
+        for m in metrics:
+            m.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    hook.igan_train_end(run=run, completed=True)
+    for i, run in enumerate(runs):
+        with trainer.active(i):
+            run.pm.hook.igan_train_end(run=run, completed=True)
     elapsed = time.perf_counter() - t0
-    summary = {"run_dir": str(run.run_dir), "checkpoint": str(run.run_dir / "checkpoints" / "last.safetensors"),
-            "steps": run.step, "epochs": run.step / spe, "seconds": round(elapsed, 3),
-            "steps_per_second": round((run.step - start_step) / max(elapsed, 1e-9), 2),
-            "losses": last_values, "metrics": run.last_metrics}
-    if main:
-        (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    summaries = []
+    for i, run in enumerate(runs):
+        summary = {"run_dir": str(run.run_dir),
+                   "checkpoint": str(run.run_dir / "checkpoints" / "last.safetensors"),
+                   "steps": run.step, "epochs": run.step / spe, "seconds": round(elapsed, 3),
+                   "steps_per_second": round((run.step - start_step) / max(elapsed, 1e-9), 2),
+                   "losses": last_values[i], "metrics": run.last_metrics}
+        if main:
+            (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        summaries.append(summary)
+    return summaries
 
 
-def _train_end_after_failure(run: Run) -> None:
+def _mean_over_runs(values: list[dict[str, float]], k: int) -> dict[str, float]:
+    """What the progress bar shows: each run's values for one run; their means over the runs for K."""
+    out: dict[str, float] = {}
+    for group in (values[:k], values[k:]):
+        keys = {key for d in group for key in d}
+        out.update({key: sum(d[key] for d in group if key in d) / max(1, sum(key in d for d in group))
+                    for key in sorted(keys)})
+    return out
+
+
+def _train_end_after_failure(trainer: Any) -> None:
     """``igan_train_end(completed=False)`` so plugins can close what they opened. A plugin that fails
     here only warns: the error that stopped training is the one to report."""
-    try:
-        run.pm.hook.igan_train_end(run=run, completed=False)
-    except Exception as exc:  # noqa: BLE001
-        import warnings
+    for run in trainer.runs:
+        try:
+            run.pm.hook.igan_train_end(run=run, completed=False)
+        except Exception as exc:  # noqa: BLE001
+            import warnings
 
-        warnings.warn(f"igan_train_end failed after training stopped early: {type(exc).__name__}: {exc}",
-                      RuntimeWarning, stacklevel=2)
+            warnings.warn(f"igan_train_end failed after training stopped early: {type(exc).__name__}: {exc}",
+                          RuntimeWarning, stacklevel=2)
 
 
 def _main_thread() -> bool:

@@ -35,6 +35,8 @@ def igan_addoption(parser):
 
 
 class FeatureMatching:
+    parallel_safe = True  # the loss is a pure function of the step (igan.parallel)
+
     def __init__(self, norm: str) -> None:
         self.norm = norm
 

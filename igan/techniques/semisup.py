@@ -95,6 +95,8 @@ def test_errors(discriminator: nn.Module, x: torch.Tensor, y: torch.Tensor, to_f
 
 
 class SemiSupervised:
+    parallel_safe = True  # its loss reads only the step and fixed settings; the EMA is per run (igan.parallel)
+
     def __init__(self, config) -> None:
         self.labels = labels_for(config)
         self.label_seed = config.opt("label_seed", 1)
