@@ -50,6 +50,9 @@ def _core_parameters(command: str) -> list[inspect.Parameter]:
         opt("batch_size", Optional[int], None, "--batch-size", min=1, help="batch size (default: the model's)"),
         opt("lr", Optional[float], None, "--lr", min=0.0, help="Adam learning rate (default: the model's)"),
         opt("seed", int, 0, "--seed", help="random seed (model init, noise, data order)"),
+        opt("seeds", int, 1, "--seeds", min=1, help="train K runs: seeds --seed, --seed + 1, ... (semisup: label splits too), in folders seed<S>"),
+        opt("parallel", bool, False, "--parallel",
+            help="train the --seeds runs at once as one batched computation (docs/performance.md)"),
         opt("device", str, "auto", "--device", help="auto, cpu, cuda or cuda:N"),
         opt("fast_path", Optional[bool], None, "--fast-path/--no-fast-path",
             help="torch.compile G and D, TF32 matmuls (default: on for CUDA; off on CPU, where it measured slower)"),
@@ -125,6 +128,39 @@ def train_once(config, pm) -> dict[str, Any]:
     return fit(run, resume=Path(config.resume) if config.resume else None)
 
 
+def seed_configs(config, seeds: int) -> list:
+    """One configuration per seed: --seed + i, each in <run dir>/seed<S> (the run dir itself for one)."""
+    import copy
+
+    base = _run_dir(config)
+    configs = []
+    for i in range(seeds):
+        cfg = copy.deepcopy(config)
+        cfg.seed = config.seed + i
+        cfg.out = str(base / f"seed{cfg.seed}") if seeds > 1 else str(base)
+        configs.append(cfg)
+    return configs
+
+
+def train_configs(configs: list, pms, parallel: bool = False) -> list[dict[str, Any]]:
+    """Train each configuration: one after another, or all at once with ``parallel``."""
+    if parallel and len(configs) > 1:
+        return train_parallel(configs, pms)
+    return [train_once(cfg, pms.new()) for cfg in configs]
+
+
+def train_seeds(config, pms, seeds: int = 1, parallel: bool = False) -> dict[str, Any]:
+    """``igan train``: one run, or ``--seeds K`` runs (summary: the runs and their folder)."""
+    configs = seed_configs(config, seeds)
+    summaries = train_configs(configs, pms, parallel)
+    if seeds == 1:
+        return summaries[0]
+    base = Path(configs[0].out).parent
+    result = {"run_dir": str(base), "runs": summaries}
+    (base / "seeds.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
 def train_parallel(configs: list, pms) -> list[dict[str, Any]]:
     """Build and train K runs at once as one batched computation (``--parallel``, ``igan.parallel``)."""
     from igan.parallel import build_parallel
@@ -144,11 +180,12 @@ def train_parallel(configs: list, pms) -> list[dict[str, Any]]:
 def _training_command(command: str, pm_factory: Callable, parser, doc: str) -> Callable:
     def command_fn(**values: Any) -> None:
         as_json = values.pop("as_json")
+        seeds, parallel = values.pop("seeds"), values.pop("parallel")
         values.pop("disable_plugin", None)  # already applied when the plugin manager was built
         config = make_config(command, values, parser)
         runner = pm_factory.runner(command)
         try:
-            summary = runner(config, pm_factory)
+            summary = runner(config, pm_factory, seeds=seeds, parallel=parallel)
         except KeyboardInterrupt:  # typer would turn it into a bare exit 130
             raise Interrupted("interrupted", hint="the last checkpoint was saved; continue with --resume") from None
         if int(os.environ.get("RANK", "0")) != 0:  # one answer per job: rank 0's
@@ -170,7 +207,7 @@ class PluginManagers:
 
     def __init__(self, disable: list[str]) -> None:
         self.disable = disable
-        self.runners: dict[str, Callable] = {"train": lambda config, pms: train_once(config, pms.new())}
+        self.runners: dict[str, Callable] = {"train": train_seeds}
 
     def new(self):
         from igan.plugins import get_plugin_manager

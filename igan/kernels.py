@@ -64,16 +64,30 @@ _backward = MaybeCompiled(_similarity_backward)
 
 class _MinibatchSimilarity(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, mt: Tensor) -> Tensor:  # mt: [B, C, N] -> [B, N]
-        o, e = _forward(mt)
-        ctx.save_for_backward(mt, e)
-        return o
+    def forward(mt: Tensor) -> tuple[Tensor, Tensor]:  # mt: [B, C, N] -> o [B, N] (and e, kept for backward)
+        return _forward(mt)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(inputs[0], output[1])
+        ctx.mark_non_differentiable(output[1])
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: Tensor) -> Tensor:
+    def backward(ctx, grad: Tensor, grad_e: Tensor | None) -> Tensor:  # noqa: ARG004 - e is not differentiable
         mt, e = ctx.saved_tensors
         return _backward(mt, e, grad.contiguous())
+
+    @staticmethod
+    def vmap(info, in_dims, mt: Tensor):  # noqa: ARG004
+        """Under ``torch.func.vmap`` (K models at once, ``igan.parallel``): the B kernels are independent,
+        so K models' [K, B, C, N] fold into one call on [K*B, C, N], compiled or eager as usual."""
+        if in_dims[0] is None:
+            return _MinibatchSimilarity.apply(mt), (None, None)
+        mt = mt.movedim(in_dims[0], 0)
+        k, b = mt.shape[:2]
+        o, e = _MinibatchSimilarity.apply(mt.reshape(k * b, *mt.shape[2:]))
+        return (o.view(k, b, *o.shape[1:]), e.view(k, b, *e.shape[1:])), (0, 0)
 
 
 def minibatch_similarity(m: Tensor) -> Tensor:
@@ -83,4 +97,5 @@ def minibatch_similarity(m: Tensor) -> Tensor:
     once (a gradient penalty through it would need the double backward, which is not provided)."""
     if m.dim() != 3:
         raise ValueError(f"expected m of shape [N, B, C], got {tuple(m.shape)}")
-    return _MinibatchSimilarity.apply(m.permute(1, 2, 0).contiguous()).t()
+    o, _ = _MinibatchSimilarity.apply(m.permute(1, 2, 0).contiguous())
+    return o.t()

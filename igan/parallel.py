@@ -245,7 +245,8 @@ class ParallelRuns:
 
     def _vmap(self, fn: Callable, *args: Any) -> Any:
         try:
-            return vmap(fn, randomness="error")(*args)
+            in_dims = tuple(None if a is None else 0 for a in args)  # e.g. no labelled batch in igan train
+            return vmap(fn, in_dims=in_dims, randomness="error")(*args)
         except RuntimeError as exc:
             if "vmap" not in str(exc) and "random" not in str(exc) and "Batched" not in str(exc):
                 raise

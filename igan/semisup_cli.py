@@ -30,22 +30,15 @@ def _summarise(summary: dict[str, Any], config) -> dict[str, Any]:
 
 
 def run_semisup(config, pms, seeds: int = 1, baseline: bool | None = None, parallel: bool = False) -> dict[str, Any]:
-    from igan.cli import _run_dir, train_once, train_parallel
+    from igan.cli import _run_dir, seed_configs, train_configs
     from igan.console import stderr
     from igan.techniques.semisup import labels_for
 
     base_dir = _run_dir(config)
-    configs = []
-    for i in range(seeds):
-        cfg = copy.deepcopy(config)
-        cfg.seed = config.seed + i
+    configs = seed_configs(config, seeds)
+    for i, cfg in enumerate(configs):  # the labelled split varies with the seed, as the paper's protocol
         cfg.options["label_seed"] = config.opt("label_seed", 1) + i
-        cfg.out = str(base_dir / f"seed{cfg.seed}") if seeds > 1 else str(base_dir)
-        configs.append(cfg)
-    if parallel and seeds > 1:
-        runs = [_summarise(s, cfg) for s, cfg in zip(train_parallel(configs, pms), configs)]
-    else:
-        runs = [_summarise(train_once(cfg, pms.new()), cfg) for cfg in configs]
+    runs = [_summarise(s, cfg) for s, cfg in zip(train_configs(configs, pms, parallel), configs)]
     errors = [r["test_errors"] for r in runs]
     n_test = runs[0]["test_size"]
     result: dict[str, Any] = {**runs[0], "labels": labels_for(config), "dataset": config.dataset,
@@ -88,32 +81,23 @@ def _print_table(result: dict[str, Any], n_test: int | None, console) -> None:
 
 
 def register(app: typer.Typer, pms, parser, training_command) -> None:
-    def runner(config, pms_, seeds: int = 1, baseline: Optional[bool] = None, parallel: bool = False):
-        return run_semisup(config, pms_, seeds, baseline, parallel)
-
     base = training_command("semisup", pms, parser,
                             "Semi-supervised learning with the K+1 discriminator (paper §5); prints the test error.")
     signature = inspect.signature(base)
 
     def semisup(**values: Any) -> None:
-        seeds = values.pop("seeds")
         baseline = values.pop("baseline")
-        parallel = values.pop("parallel")
-        pms.runners["semisup"] = lambda config, p: runner(config, p, seeds, baseline, parallel)
+        pms.runners["semisup"] = lambda config, p, seeds=1, parallel=False: run_semisup(config, p, seeds, baseline,
+                                                                                         parallel)
         base(**values)
 
     P = inspect.Parameter
     extra = [
-        P("seeds", P.KEYWORD_ONLY, default=1, annotation=Annotated[int, typer.Option(
-            "--seeds", min=1, rich_help_panel=PANEL, help="train K runs (seed and label split varied)")]),
         P("baseline", P.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[bool], typer.Option(
             "--baseline/--no-baseline", rich_help_panel=PANEL,
             help="also train the supervised-only baseline (default: on for digits)")]),
-        P("parallel", P.KEYWORD_ONLY, default=False, annotation=Annotated[bool, typer.Option(
-            "--parallel", rich_help_panel=PANEL,
-            help="train the --seeds runs at once, as one batched computation (docs/performance.md)")]),
     ]
     semisup.__signature__ = signature.replace(parameters=list(signature.parameters.values()) + extra)
     semisup.__doc__ = base.__doc__
     app.command("semisup", epilog="Example: igan semisup --dataset mnist --data-dir data/mnist --labels 100 "
-                "--seeds 10")(semisup)
+                "--seeds 10 --parallel")(semisup)

@@ -1,0 +1,158 @@
+"""Vectorised seeds (``--parallel``, igan.parallel): K runs in one batched step, each equal to its own run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import TINY
+from igan.layers import GaussianNoise, NoiseTape
+
+STEPS = ["--steps", "4"]
+
+
+def _semisup(run_cli, out, *flags, seeds=None, seed=0):
+    args = ["semisup", "--dataset", "digits", *STEPS, *TINY, "--no-baseline", "--out", str(out), *flags]
+    if seeds:
+        args += ["--seeds", str(seeds)]
+    else:
+        args += ["--seed", str(seed), "--label-seed", str(seed + 1)]
+    code, out_, err = run_cli(args)
+    assert code == 0, err
+    return out_
+
+
+def _assert_same_checkpoint(a_path, b_path):
+    a, b = load_file(str(a_path)), load_file(str(b_path))
+    assert set(a) == set(b)
+    for key in a:
+        if a[key].is_floating_point():
+            # float rounding only: batched and single matmuls sum in different orders
+            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+        else:  # RNG states, sampler positions and permutations, step counts: exactly equal
+            assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("flags", [[], ["--mbd"], ["--vbn"], ["--no-fm"]], ids=["fm", "mbd", "vbn", "no-fm"])
+def test_each_parallel_seed_equals_its_single_seed_run(run_cli, tmp_path, single_thread, flags):
+    _semisup(run_cli, tmp_path / "par", "--parallel", *flags, seeds=2)
+    for seed in (0, 1):
+        _semisup(run_cli, tmp_path / f"single{seed}", *flags, seed=seed)
+        par, single = tmp_path / "par" / f"seed{seed}", tmp_path / f"single{seed}"
+        _assert_same_checkpoint(par / "checkpoints" / "last.safetensors", single / "checkpoints" / "last.safetensors")
+        lines = [json.loads(x) for x in (par / "metrics.jsonl").read_text().splitlines()]
+        ref = [json.loads(x) for x in (single / "metrics.jsonl").read_text().splitlines()]
+        assert [r.get("test_errors") for r in lines] == [r.get("test_errors") for r in ref]
+        for r, s in zip(lines, ref):
+            for k in r:
+                assert r[k] == pytest.approx(s[k], rel=1e-4, abs=1e-5), k
+    # the two seeds really are different runs (own seed, own label split)
+    a = load_file(str(tmp_path / "par" / "seed0" / "checkpoints" / "last.safetensors"))
+    b = load_file(str(tmp_path / "par" / "seed1" / "checkpoints" / "last.safetensors"))
+    assert not torch.equal(a["D.out.bias"], b["D.out.bias"])
+
+
+def test_parallel_checkpoint_resumes_as_a_single_run(run_cli, tmp_path, single_thread):
+    """A parallel seed's checkpoint is an ordinary one: resuming it alone continues the same run."""
+    _semisup(run_cli, tmp_path / "par", "--parallel", seeds=2)
+    ckpt = tmp_path / "par" / "seed1" / "checkpoints" / "last.safetensors"
+    code, _, err = run_cli(["semisup", "--dataset", "digits", "--steps", "6", *TINY, "--no-baseline",
+                            "--seed", "1", "--label-seed", "2", "--resume", str(ckpt)])
+    assert code == 0, err
+    code, _, err = run_cli(["semisup", "--dataset", "digits", "--steps", "6", *TINY, "--no-baseline",
+                            "--seed", "1", "--label-seed", "2", "--out", str(tmp_path / "straight")])
+    assert code == 0, err
+    _assert_same_checkpoint(ckpt, tmp_path / "straight" / "checkpoints" / "last.safetensors")
+
+
+def test_parallel_refuses_a_technique_with_per_run_loss_state(run_cli, tmp_path):
+    code, _, err = run_cli(["semisup", "--dataset", "digits", *STEPS, *TINY, "--seeds", "2", "--parallel", "--ha",
+                            "--out", str(tmp_path / "r")])
+    assert code == 2
+    assert "historical_averaging" in err and "hint:" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_parallel_refuses_resume(run_cli, tmp_path):
+    code, _, err = run_cli(["semisup", "--dataset", "digits", *STEPS, *TINY, "--seeds", "2", "--parallel",
+                            "--resume", str(tmp_path / "x.safetensors")])
+    assert code == 2 and "--resume" in err
+
+
+def test_noise_tape_replays_what_the_layer_would_draw():
+    layer = GaussianNoise(0.5).train()
+    x = torch.randn(4, 3)
+    torch.manual_seed(7)
+    direct = layer(x)
+    with NoiseTape() as rec:  # records shapes, adds nothing
+        assert torch.equal(layer(x), x)
+    assert rec.shapes == [(3,)]
+    torch.manual_seed(7)
+    with NoiseTape([torch.randn(4, 3)]):
+        assert torch.equal(layer(x), direct)
+
+
+def test_noise_tape_rejects_a_different_call_order():
+    layer = GaussianNoise(0.5).train()
+    with pytest.raises(RuntimeError, match="more noise"):
+        with NoiseTape([torch.zeros(2, 3)]):
+            layer(torch.zeros(2, 3))
+            layer(torch.zeros(2, 3))
+    with pytest.raises(RuntimeError, match="not used"):
+        with NoiseTape([torch.zeros(2, 3), torch.zeros(2, 3)]):
+            layer(torch.zeros(2, 3))
+
+
+def test_plain_copy_keeps_the_original_parametrized():
+    from igan.layers import weight_norm
+    from igan.parallel import plain_copy
+
+    layer = weight_norm(torch.nn.Linear(3, 2))
+    copy_ = plain_copy(layer)
+    x = torch.randn(5, 3)
+    assert torch.allclose(copy_(x), layer(x))  # the copy holds the parametrized weight as a parameter
+    assert "weight" in dict(copy_.named_parameters())
+    layer.parametrizations.weight.original1.data.mul_(2)  # the original still computes g v / ||v||
+    assert torch.allclose(layer(x), copy_(x))
+    assert torch.nn.utils.parametrize.is_parametrized(layer)
+
+
+def test_train_seeds_parallel_equals_single_runs(train_cli, tmp_path, single_thread):
+    """``igan train --seeds 2 --parallel``: the plain GAN (K = 1 logit, non-saturating G loss)."""
+    code, out, err = train_cli(tmp_path / "par", "--seeds", "2", "--parallel", "--json", steps=3)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert [r["run_dir"] for r in summary["runs"]] == [str(tmp_path / "par" / f"seed{s}") for s in (0, 1)]
+    assert json.loads((tmp_path / "par" / "seeds.json").read_text())["runs"] == summary["runs"]
+    for seed in (0, 1):
+        code, _, err = train_cli(tmp_path / f"single{seed}", "--seed", str(seed), steps=3)
+        assert code == 0, err
+        _assert_same_checkpoint(tmp_path / "par" / f"seed{seed}" / "checkpoints" / "last.safetensors",
+                                tmp_path / f"single{seed}" / "checkpoints" / "last.safetensors")
+
+
+def test_train_seeds_sequential_makes_one_folder_per_seed(train_cli, tmp_path):
+    code, _, err = train_cli(tmp_path / "seq", "--seeds", "2", steps=1)
+    assert code == 0, err
+    for seed in (0, 1):
+        cfg = json.loads((tmp_path / "seq" / f"seed{seed}" / "config.json").read_text())
+        assert cfg["seed"] == seed
+
+
+def test_parallel_refuses_dropout_it_cannot_replay_per_seed():
+    from types import SimpleNamespace
+
+    from igan.distributed import Dist
+    from igan.errors import UsageError
+    from igan.parallel import check_parallel_safe
+    from igan.plugins import get_plugin_manager
+
+    run = SimpleNamespace(pm=get_plugin_manager(), dist=Dist(), generator=torch.nn.Linear(2, 2),
+                          discriminator=torch.nn.Sequential(torch.nn.Dropout(0.5), torch.nn.Linear(2, 1)))
+    with pytest.raises(UsageError, match="dropout"):
+        check_parallel_safe(run)
+    run.discriminator = torch.nn.Sequential(torch.nn.Dropout(0.0), torch.nn.Linear(2, 1))
+    check_parallel_safe(run)  # p = 0 draws nothing
