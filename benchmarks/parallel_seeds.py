@@ -5,7 +5,8 @@ matching, EMA of D; as ``benchmarks/step_speed.py``) on synthetic MNIST-shaped d
 
 - ``sequential``: K runs built as ``igan semisup --seeds K`` builds them, each advanced by
   ``igan.train.train_step`` in turn (what the sequential protocol costs per step of all K seeds);
-- ``parallel``: the same K seeds in one ``igan.parallel.ParallelRuns``, one ``step()`` for all K.
+- ``parallel``: the same K seeds in one ``igan.parallel.ParallelRuns``, one ``step()`` for all K
+  (``--mode batched``, default: one vmapped step; ``--mode interleaved``: each run's step in turn).
 
 Rounds alternate the two sides in the same process; the table gives the median ms per step of all K
 seeds, the ratio parallel/sequential (target on CPU: <= 1, "no slower per seed than sequential runs")
@@ -53,7 +54,7 @@ def _pm():
     return get_plugin_manager(extra=[("bench_data", BenchData(N_TRAIN, N_TEST))])
 
 
-def sides(k: int, device: str, tmp: Path):
+def sides(k: int, device: str, tmp: Path, mode: str = "batched"):
     """(sequential step, parallel step) over K seeds, each on runs set up as fit() sets them up."""
     from igan.train import build_run
 
@@ -65,7 +66,7 @@ def sides(k: int, device: str, tmp: Path):
         seq_runs.append(run)
     pms = [_pm() for _ in range(k)]
     par = build_parallel([_config(pm, device, s) for s, pm in enumerate(pms)], pms,
-                         [tmp / f"par{k}_{s}" for s in range(k)])
+                         [tmp / f"par{k}_{s}" for s in range(k)], mode=mode)
     for i, run in enumerate(par.runs):
         with par.active(i):
             run.pm.hook.igan_train_start(run=run)
@@ -98,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=8, help="timed rounds per K (default 8)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--mode", choices=("batched", "interleaved"), default="batched",
+                   help="the parallel side: one vmapped step (default; the GPU default of --parallel) or each "
+                        "run's own step in turn (the CPU default)")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads(N) (0: PyTorch's default)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/parallel_seeds.json"))
     args = p.parse_args(argv)
@@ -109,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp_name:
         for k in ks:
-            seq, par = sides(k, args.device, Path(tmp_name))
+            seq, par = sides(k, args.device, Path(tmp_name), args.mode)
             for fn in (seq, par):
                 timed(fn, args.warmup, sync)
             ms: dict[str, list[float]] = {"sequential": [], "parallel": []}
@@ -140,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
               "device": args.device,
               "device_name": platform.processor() if cpu else torch.cuda.get_device_name(torch.device(args.device)),
               "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "workload": "semisup mnist_mlp, batch 100",
+              "mode": args.mode,
               "steps_per_round": args.steps, "rounds": args.rounds,
               "seconds": round(time.perf_counter() - t_start, 1), "results": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -17,13 +17,21 @@ dimension and each phase of the step runs once for all K, under ``torch.func.vma
 So each model's trajectory equals its single-seed run up to float rounding (tests/test_parallel.py).
 Loss hooks run once for all K models, with the first run's plugin instances, so they must be pure
 functions of the step's tensors and the configuration: a plugin says so with ``parallel_safe = True``.
-Layers without vmap support (the fused minibatch kernel, dropout) are refused with a one-line error.
+Layers without vmap support (dropout, whose random draws cannot be replayed per seed) are refused with
+a one-line error.
+
+That is the ``batched`` mode, the default on accelerators. On a CPU, which is compute-bound, batching
+saves nothing and measured 9-19 % slower per seed than sequential runs, so the default there is
+``interleaved``: each run's own ``train_step`` in turn with its own random stream (same results, any
+technique, sequential speed, one process and one progress bar). ``IGAN_PARALLEL=batched|interleaved``
+overrides the choice.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import warnings
 from typing import Any, Callable, Iterator
 
@@ -35,9 +43,9 @@ from torch.nn.utils import parametrize
 from igan.errors import IganError, UsageError
 from igan.layers import _WEIGHT_NORM_TYPE, NoiseTape
 from igan.models import DOut
-from igan.train import Run, Step, discriminator_phase, generator_phase, save_run
+from igan.train import Run, Step, discriminator_phase, generator_phase, save_run, train_step
 
-__all__ = ["ParallelRuns", "LOSS_HOOKS", "check_parallel_safe"]
+__all__ = ["ParallelRuns", "LOSS_HOOKS", "build_parallel", "check_parallel_safe", "parallel_mode", "plain_copy"]
 
 LOSS_HOOKS = ("igan_discriminator_loss", "igan_generator_loss", "igan_extra_loss")
 _STEP_FIELDS = ("x_real", "z", "fake", "d_real", "d_fake", "x_lab", "y_lab", "d_lab", "d_real_g")
@@ -52,8 +60,6 @@ def check_parallel_safe(run: Run) -> None:
                                  "and --parallel computes all seeds' losses in one call",
                                  hint="drop --parallel (the seeds then run one after another), or the technique; "
                                       "a plugin whose losses are pure functions of the step sets parallel_safe = True")
-    if run.dist.enabled:
-        raise UsageError("--parallel is not supported under torchrun", hint="run the seeds in one process")
     for net, module in (("G", run.generator), ("D", run.discriminator)):
         for m in module.modules():
             if isinstance(m, nn.Dropout) and m.p > 0:
@@ -130,17 +136,37 @@ class _Stack:
         return lambda x: functional_call(self.plain, weights, (x,))
 
 
-class ParallelRuns:
-    """Drives K runs (built by ``igan.train.build_run``, one per seed) as one batched step for
-    ``igan.train.fit_runs``. ``rng_states[i]`` is run i's RNG state right after it was built."""
+def parallel_mode(device: torch.device) -> str:
+    """``batched`` or ``interleaved``, from ``IGAN_PARALLEL`` (``auto``, the default: batched on
+    accelerators, where one small model leaves the device idle; interleaved on CPUs, which are
+    compute-bound and where the batched step measured 9-19 % slower per seed, docs/performance.md)."""
+    value = os.environ.get("IGAN_PARALLEL", "auto").strip().lower()
+    if value in ("batched", "interleaved"):
+        return value
+    if value != "auto":
+        raise UsageError(f"IGAN_PARALLEL must be auto, batched or interleaved, got {value!r}",
+                         hint="unset it for the default (batched on GPUs, interleaved on CPUs)")
+    return "interleaved" if device.type == "cpu" else "batched"
 
-    def __init__(self, runs: list[Run], rng_states: list[tuple[Tensor, Tensor | None]]) -> None:
+
+class ParallelRuns:
+    """Drives K runs (built by ``igan.train.build_run``, one per seed) in one process for
+    ``igan.train.fit_runs``. ``rng_states[i]`` is run i's RNG state right after it was built.
+
+    ``batched``: one vmapped step for all K (below). ``interleaved``: each run's own ``train_step`` in
+    turn, with its own random stream: the same results, no stacking, the speed of sequential runs."""
+
+    def __init__(self, runs: list[Run], rng_states: list[tuple[Tensor, Tensor | None]],
+                 mode: str = "batched") -> None:
         self.runs = runs
-        for run in runs:
-            check_parallel_safe(run)
+        self.mode = mode
         first = runs[0]
         self.device = first.device
         self.rng = list(rng_states)
+        if mode == "interleaved":
+            return
+        for run in runs:
+            check_parallel_safe(run)
         self.g = _Stack([r.generator for r in runs])
         self.d = _Stack([r.discriminator for r in runs])
         from igan.optim import make_optimizer
@@ -166,6 +192,8 @@ class ParallelRuns:
 
     def restored(self) -> None:
         """After resuming: the runs' restored optimizer states become the stacked optimizers' state."""
+        if self.mode == "interleaved":
+            return
         for stack, opt, per_opt in ((self.g, self.opt_g, [r.opt_g for r in self.runs]),
                                     (self.d, self.opt_d, [r.opt_d for r in self.runs])):
             for name, p in stack.params.items():
@@ -177,7 +205,7 @@ class ParallelRuns:
 
     def save(self, i: int) -> None:
         """Run i's checkpoint, exactly as its single-seed run writes it (its optimizer state is a slice)."""
-        for stack, opt, own in ((self.g, self.opt_g, self.runs[i].opt_g), (self.d, self.opt_d, self.runs[i].opt_d)):
+        for stack, opt, own in () if self.mode == "interleaved" else ((self.g, self.opt_g, self.runs[i].opt_g), (self.d, self.opt_d, self.runs[i].opt_d)):
             for name, p in stack.params.items():
                 if p in opt.state:
                     own.state[stack.per_model[i][name]] = {
@@ -186,6 +214,12 @@ class ParallelRuns:
             save_run(self.runs[i])
 
     def step(self) -> list[dict[str, Tensor]]:
+        if self.mode == "interleaved":
+            logs = []
+            for i, run in enumerate(self.runs):
+                with self.active(i):
+                    logs.append(train_step(run))
+            return logs
         runs, n = self.runs, self.n
         first = runs[0]
         batches = [r.sampler.next() for r in runs]
@@ -293,11 +327,16 @@ def _index(v: Any, i: int) -> Any:
     return DOut(*(t[i] for t in v)) if isinstance(v, DOut) else v[i]
 
 
-def build_parallel(configs: list[Any], pms: list[Any], run_dirs: list[Any]) -> ParallelRuns:
+def build_parallel(configs: list[Any], pms: list[Any], run_dirs: list[Any], mode: str | None = None) -> ParallelRuns:
     """Build one run per configuration (as ``igan train`` would, each seeding the global RNG with its
-    seed) and remember each run's RNG state where its single-seed run would start training."""
+    seed) and remember each run's RNG state where its single-seed run would start training. ``mode``:
+    ``batched`` or ``interleaved`` (default: ``parallel_mode`` of the device)."""
     from igan.train import build_run
 
+    from igan.distributed import setup
+
+    if setup(configs[0].device)[0].enabled:
+        raise UsageError("--parallel is not supported under torchrun", hint="run the seeds in one process")
     runs, states = [], []
     for config, pm, run_dir in zip(configs, pms, run_dirs):
         run = build_run(config, pm, run_dir)
@@ -307,4 +346,5 @@ def build_parallel(configs: list[Any], pms: list[Any], run_dirs: list[Any]) -> P
     if len({(r.config.model, r.config.batch_size, r.total_steps) for r in runs}) != 1:
         raise UsageError("--parallel needs the same model, batch size and length for every seed",
                          hint="drop --parallel")
-    return ParallelRuns(runs, states)
+    return ParallelRuns(runs, states, mode or parallel_mode(runs[0].device))
+

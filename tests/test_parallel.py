@@ -14,6 +14,18 @@ from igan.layers import GaussianNoise, NoiseTape
 STEPS = ["--steps", "4"]
 
 
+@pytest.fixture(params=["batched", "interleaved"])
+def mode(request, monkeypatch):
+    """Both ways of --parallel (the CPU default is interleaved; batched is the GPU default)."""
+    monkeypatch.setenv("IGAN_PARALLEL", request.param)
+    return request.param
+
+
+@pytest.fixture
+def batched(monkeypatch):
+    monkeypatch.setenv("IGAN_PARALLEL", "batched")
+
+
 def _semisup(run_cli, out, *flags, seeds=None, seed=0):
     args = ["semisup", "--dataset", "digits", *STEPS, *TINY, "--no-baseline", "--out", str(out), *flags]
     if seeds:
@@ -37,7 +49,7 @@ def _assert_same_checkpoint(a_path, b_path):
 
 
 @pytest.mark.parametrize("flags", [[], ["--mbd"], ["--vbn"], ["--no-fm"]], ids=["fm", "mbd", "vbn", "no-fm"])
-def test_each_parallel_seed_equals_its_single_seed_run(run_cli, tmp_path, single_thread, flags):
+def test_each_parallel_seed_equals_its_single_seed_run(run_cli, tmp_path, single_thread, mode, flags):
     _semisup(run_cli, tmp_path / "par", "--parallel", *flags, seeds=2)
     for seed in (0, 1):
         _semisup(run_cli, tmp_path / f"single{seed}", *flags, seed=seed)
@@ -55,7 +67,7 @@ def test_each_parallel_seed_equals_its_single_seed_run(run_cli, tmp_path, single
     assert not torch.equal(a["D.out.bias"], b["D.out.bias"])
 
 
-def test_parallel_checkpoint_resumes_as_a_single_run(run_cli, tmp_path, single_thread):
+def test_parallel_checkpoint_resumes_as_a_single_run(run_cli, tmp_path, single_thread, batched):
     """A parallel seed's checkpoint is an ordinary one: resuming it alone continues the same run."""
     _semisup(run_cli, tmp_path / "par", "--parallel", seeds=2)
     ckpt = tmp_path / "par" / "seed1" / "checkpoints" / "last.safetensors"
@@ -68,12 +80,28 @@ def test_parallel_checkpoint_resumes_as_a_single_run(run_cli, tmp_path, single_t
     _assert_same_checkpoint(ckpt, tmp_path / "straight" / "checkpoints" / "last.safetensors")
 
 
-def test_parallel_refuses_a_technique_with_per_run_loss_state(run_cli, tmp_path):
+def test_batched_parallel_refuses_a_technique_with_per_run_loss_state(run_cli, tmp_path, batched):
     code, _, err = run_cli(["semisup", "--dataset", "digits", *STEPS, *TINY, "--seeds", "2", "--parallel", "--ha",
                             "--out", str(tmp_path / "r")])
     assert code == 2
     assert "historical_averaging" in err and "hint:" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_interleaved_parallel_runs_any_technique(run_cli, tmp_path, single_thread, monkeypatch):
+    """Interleaved runs call each run's own hooks, so historical averaging (per-run state) is fine."""
+    monkeypatch.setenv("IGAN_PARALLEL", "interleaved")
+    _semisup(run_cli, tmp_path / "par", "--parallel", "--ha", seeds=2)
+    _semisup(run_cli, tmp_path / "single1", "--ha", seed=1)
+    _assert_same_checkpoint(tmp_path / "par" / "seed1" / "checkpoints" / "last.safetensors",
+                            tmp_path / "single1" / "checkpoints" / "last.safetensors")
+
+
+def test_unknown_parallel_mode_is_a_usage_error(run_cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("IGAN_PARALLEL", "fast")
+    code, _, err = run_cli(["semisup", "--dataset", "digits", *STEPS, *TINY, "--seeds", "2", "--parallel",
+                            "--out", str(tmp_path / "r")])
+    assert code == 2 and "IGAN_PARALLEL" in err
 
 
 def test_parallel_refuses_resume(run_cli, tmp_path):
@@ -120,7 +148,7 @@ def test_plain_copy_keeps_the_original_parametrized():
     assert torch.nn.utils.parametrize.is_parametrized(layer)
 
 
-def test_train_seeds_parallel_equals_single_runs(train_cli, tmp_path, single_thread):
+def test_train_seeds_parallel_equals_single_runs(train_cli, tmp_path, single_thread, mode):
     """``igan train --seeds 2 --parallel``: the plain GAN (K = 1 logit, non-saturating G loss)."""
     code, out, err = train_cli(tmp_path / "par", "--seeds", "2", "--parallel", "--json", steps=3)
     assert code == 0, err
