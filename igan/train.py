@@ -3,7 +3,7 @@
 One step (``train_step``), in this fixed order (also in ``docs/hooks.md``)::
 
     batch = sampler.next();  z ~ p(z);  fake = G(z) without gradients
-    D phase   d_real = D(x_unl); d_lab = D(x_lab) if labelled; d_fake = D(fake)
+    D phase   d_real = D(x_unl); d_fake = D(fake); d_lab = D(x_lab) if labelled
               loss_D = igan_discriminator_loss(step) + sum(igan_extra_loss(step, net="D"))
               D optimizer step;  igan_after_optimizer_step(step, net="D")
     G phase   (g_steps times)  fresh z ~ p(z);  fake = G(z)
