@@ -50,9 +50,11 @@ def _core_parameters(command: str) -> list[inspect.Parameter]:
         opt("batch_size", Optional[int], None, "--batch-size", min=1, help="batch size (default: the model's)"),
         opt("lr", Optional[float], None, "--lr", min=0.0, help="Adam learning rate (default: the model's)"),
         opt("seed", int, 0, "--seed", help="random seed (model init, noise, data order)"),
-        opt("seeds", int, 1, "--seeds", min=1, help="train K runs: seeds --seed, --seed + 1, ... (semisup: label splits too), in folders seed<S>"),
+        opt("seeds", int, 1, "--seeds", min=1,
+            help="train K runs: seeds --seed, --seed + 1, ... (semisup: label splits too), in folders seed<S>"),
         opt("parallel", bool, False, "--parallel",
-            help="train the --seeds runs at once as one batched computation (docs/performance.md)"),
+            help="train the --seeds runs at once in one process: one batched step on GPUs, interleaved on CPUs "
+                 "(IGAN_PARALLEL); each equals its single-seed run"),
         opt("device", str, "auto", "--device", help="auto, cpu, cuda or cuda:N"),
         opt("fast_path", Optional[bool], None, "--fast-path/--no-fast-path",
             help="torch.compile G and D, TF32 matmuls (default: on for CUDA; off on CPU, where it measured slower)"),
@@ -128,11 +130,12 @@ def train_once(config, pm) -> dict[str, Any]:
     return fit(run, resume=Path(config.resume) if config.resume else None)
 
 
-def seed_configs(config, seeds: int) -> list:
-    """One configuration per seed: --seed + i, each in <run dir>/seed<S> (the run dir itself for one)."""
+def seed_configs(config, seeds: int, base: Path | None = None) -> list:
+    """One configuration per seed: --seed + i, each in <base>/seed<S> (``base`` itself for one seed;
+    default: the run directory of ``config``)."""
     import copy
 
-    base = _run_dir(config)
+    base = base or _run_dir(config)
     configs = []
     for i in range(seeds):
         cfg = copy.deepcopy(config)
@@ -162,7 +165,7 @@ def train_seeds(config, pms, seeds: int = 1, parallel: bool = False) -> dict[str
 
 
 def train_parallel(configs: list, pms) -> list[dict[str, Any]]:
-    """Build and train K runs at once as one batched computation (``--parallel``, ``igan.parallel``)."""
+    """Build and train K runs at once in one process (``--parallel``, ``igan.parallel``)."""
     from igan.parallel import build_parallel
     from igan.train import fit_runs
 

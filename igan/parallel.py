@@ -190,26 +190,15 @@ class ParallelRuns:
         finally:
             self.rng[i] = (torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if cuda else None)
 
-    def restored(self) -> None:
-        """After resuming: the runs' restored optimizer states become the stacked optimizers' state."""
-        if self.mode == "interleaved":
-            return
-        for stack, opt, per_opt in ((self.g, self.opt_g, [r.opt_g for r in self.runs]),
-                                    (self.d, self.opt_d, [r.opt_d for r in self.runs])):
-            for name, p in stack.params.items():
-                states = [o.state.get(stack.per_model[k][name]) for k, o in enumerate(per_opt)]
-                if not states[0]:
-                    continue
-                opt.state[p] = {key: (torch.stack([s[key] for s in states]) if v.shape == p.shape[1:]
-                                      else v.clone()) for key, v in states[0].items()}
-
     def save(self, i: int) -> None:
         """Run i's checkpoint, exactly as its single-seed run writes it (its optimizer state is a slice)."""
-        for stack, opt, own in () if self.mode == "interleaved" else ((self.g, self.opt_g, self.runs[i].opt_g), (self.d, self.opt_d, self.runs[i].opt_d)):
-            for name, p in stack.params.items():
-                if p in opt.state:
-                    own.state[stack.per_model[i][name]] = {
-                        key: (v[i] if v.shape == p.shape else v.clone()) for key, v in opt.state[p].items()}
+        if self.mode == "batched":
+            run = self.runs[i]
+            for stack, opt, own in ((self.g, self.opt_g, run.opt_g), (self.d, self.opt_d, run.opt_d)):
+                for name, p in stack.params.items():
+                    if p in opt.state:
+                        own.state[stack.per_model[i][name]] = {
+                            key: (v[i] if v.shape == p.shape else v.clone()) for key, v in opt.state[p].items()}
         with self.active(i):
             save_run(self.runs[i])
 
@@ -241,7 +230,7 @@ class ParallelRuns:
             return loss, step.logs, _fields(step)
 
         loss_d, logs, fields = self._vmap(d_fn, gw, dw, z, x_real, x_lab, y_lab, noise)
-        self._update(self.opt_d, loss_d, fields, logs, "D")
+        own = self._update(self.opt_d, loss_d, fields, logs, "D")  # what each run's after-step hooks logged
 
         # ---- generator: D frozen (its weights formed without gradients), fresh z for every update
         with torch.no_grad():
@@ -261,10 +250,11 @@ class ParallelRuns:
                 return loss, step.logs, _fields(step)
 
             loss_g, g_logs, fields = self._vmap(g_fn, gw, dw, fields, z, x_real_g, noise)
-            self._update(self.opt_g, loss_g, fields, g_logs, "G")
+            for mine, theirs in zip(own, self._update(self.opt_g, loss_g, fields, g_logs, "G")):
+                mine.update(theirs)
             logs.update(g_logs)
             fields = {k: _detach(v) for k, v in fields.items()}
-        return [{name: v[k] for name, v in logs.items()} for k in range(len(runs))]
+        return [{**{name: v[k] for name, v in logs.items()}, **own[k]} for k in range(len(runs))]
 
     # ---- helpers -------------------------------------------------------------------------------
     def _draw(self, passes: list[tuple[str, int]]) -> tuple[Tensor, list[Tensor]]:
@@ -288,18 +278,21 @@ class ParallelRuns:
                             hint="drop --parallel (the seeds then run one after another)") from exc
 
     def _update(self, opt: torch.optim.Optimizer, loss: Tensor, fields: dict[str, Any],
-                logs: dict[str, Tensor], net: str) -> None:
+                logs: dict[str, Tensor], net: str) -> list[dict[str, Tensor]]:
         """One update of all K models (their losses are independent, so the sum's gradient is each one's
-        own), then each run's after-step hook on its own slice of the step."""
+        own), then each run's after-step hook on its own slice of the step; returns what they logged."""
         opt.zero_grad(set_to_none=True)
         loss.sum().backward()
         opt.step()
         logs[f"loss/{net}"] = loss.detach()
+        logged = []
         with torch.no_grad():
             for i, run in enumerate(self.runs):
                 step = Step(run=run, it=run.step, net=net, **{k: _index(v, i) for k, v in fields.items()})
                 with self.active(i):
                     run.pm.hook.igan_after_optimizer_step(step=step, net=net)
+                logged.append(step.logs)
+        return logged
 
     def _record_noise_shapes(self) -> dict[str, list[tuple[int, ...]]]:
         """The per-example shapes G's and D's noise layers draw in one forward pass, in call order."""

@@ -1,9 +1,10 @@
 """``igan semisup``: semi-supervised training runs, several seeds, and the supervised-only baseline.
 
-``--seeds K`` trains K runs one after the other (or, with ``--parallel``, at once: ``igan.parallel``), varying both the model seed and the labelled split
-(``--seed + i``, ``--label-seed + i``), as the paper's 10-seed protocol, and prints a table like its
-Table 1 (test errors, mean ± std). On the embedded digits set the supervised-only baseline runs too
-(``--baseline``), so the gain from unlabelled data is visible in one command.
+``--seeds K`` trains K runs one after the other (or, with ``--parallel``, at once: ``igan.parallel``),
+varying both the model seed and the labelled split (``--seed + i``, ``--label-seed + i``), as the
+paper's 10-seed protocol, and prints a table like its Table 1 (test errors, mean ± std). On the
+embedded digits set the supervised-only baseline runs too (``--baseline``), so the gain from
+unlabelled data is visible in one command.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def run_semisup(config, pms, seeds: int = 1, baseline: bool | None = None, paral
     from igan.techniques.semisup import labels_for
 
     base_dir = _run_dir(config)
-    configs = seed_configs(config, seeds)
+    configs = seed_configs(config, seeds, base_dir)
     for i, cfg in enumerate(configs):  # the labelled split varies with the seed, as the paper's protocol
         cfg.options["label_seed"] = config.opt("label_seed", 1) + i
     runs = [_summarise(s, cfg) for s, cfg in zip(train_configs(configs, pms, parallel), configs)]

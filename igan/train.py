@@ -538,7 +538,9 @@ def _check_finite(values: dict[str, float], step: int, who: str = "") -> None:
 
 class OneRun:
     """How ``fit`` drives a single run: its step is ``train_step`` and the global RNG is the run's own.
-    ``igan.parallel.ParallelRuns`` is the other driver (K runs in one batched step)."""
+    The other driver is ``igan.parallel.ParallelRuns`` (K runs in one process, ``--parallel``): a driver
+    has ``runs``, ``step()`` (one step of every run, their logs), ``active(i)`` (a context in which run
+    i's random stream is the global one) and ``save(i)``."""
 
     def __init__(self, run: Run) -> None:
         self.runs = [run]
@@ -548,9 +550,6 @@ class OneRun:
 
     def active(self, i: int) -> contextlib.AbstractContextManager:  # noqa: ARG002
         return contextlib.nullcontext()
-
-    def restored(self) -> None:
-        """Called once the runs' train-start hooks ran and checkpoints were restored."""
 
     def save(self, i: int) -> None:
         save_run(self.runs[i])
@@ -573,7 +572,6 @@ def fit_runs(trainer: Any, resumes: list[Path | None], progress: bool = True) ->
             run.pm.hook.igan_train_start(run=run)
             if resumes[i] is not None:
                 restore_run(run, resumes[i])
-    trainer.restored()
     first = runs[0]
     main = first.dist.is_main
     if main:  # only now: a refused resume must not touch the run directory

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from conftest import TINY
 from igan.layers import GaussianNoise, NoiseTape
+from igan.plugins import hookimpl
 
 STEPS = ["--steps", "4"]
 
@@ -184,3 +185,30 @@ def test_parallel_refuses_dropout_it_cannot_replay_per_seed():
         check_parallel_safe(run)
     run.discriminator = torch.nn.Sequential(torch.nn.Dropout(0.0), torch.nn.Linear(2, 1))
     check_parallel_safe(run)  # p = 0 draws nothing
+
+
+class _AfterStepLogger:
+    """Logs which run its after-step hook saw, and that run's step slice, for each network."""
+
+    @hookimpl
+    def igan_after_optimizer_step(self, step, net):
+        step.log(f"seen/{net}", torch.tensor(float(step.run.config.seed)))
+        step.log(f"z_mean/{net}", step.z.mean())
+
+
+def test_after_step_hooks_fire_per_run_with_its_own_slice_and_logs(tmp_path, single_thread, mode):
+    from igan.config import RunConfig
+    from igan.parallel import build_parallel
+    from igan.plugins import get_plugin_manager
+    from igan.train import fit_runs
+
+    pms = [get_plugin_manager(extra=[("spy", _AfterStepLogger())]) for _ in range(2)]
+    configs = [RunConfig(dataset="digits", steps=2, batch_size=10, seed=s, device="cpu", log_every=1)
+               for s in (3, 4)]
+    trainer = build_parallel(configs, pms, [tmp_path / f"s{s}" for s in (3, 4)], mode=mode)
+    fit_runs(trainer, [None, None], progress=False)
+    for s in (3, 4):
+        rows = [json.loads(x) for x in (tmp_path / f"s{s}" / "metrics.jsonl").read_text().splitlines()]
+        losses = [r for r in rows if "seen/D" in r]
+        assert len(losses) == 2 and all(r["seen/D"] == s and r["seen/G"] == s for r in losses)
+        assert all(0.3 < r["z_mean/G"] < 0.7 for r in losses)  # U(0, 1) noise of that run's G update
