@@ -119,9 +119,9 @@ class _Stack:
         """The plain copy's parameters for all K models: W = g v / ||v|| for the weight-normed layers."""
         out = {name: p for name, p in self.params.items() if ".parametrizations." not in name}
         for prefix, dim in self.weight_norms:
-            base = f"{prefix}.parametrizations.weight."
-            g, v = self.params[base + "original0"], self.params[base + "original1"]
-            key = f"{prefix}.weight" if prefix else "weight"
+            dot = f"{prefix}." if prefix else ""
+            g, v = (self.params[f"{dot}parametrizations.weight.original{i}"] for i in (0, 1))
+            key = f"{dot}weight"
             if dim == 0:  # one fused call for all K: rows of [K * out, ...] are normalised independently
                 k, o = v.shape[:2]
                 out[key] = torch._weight_norm(v.reshape(k * o, *v.shape[2:]), g.reshape(k * o, *g.shape[2:]),

@@ -212,3 +212,24 @@ def test_after_step_hooks_fire_per_run_with_its_own_slice_and_logs(tmp_path, sin
         losses = [r for r in rows if "seen/D" in r]
         assert len(losses) == 2 and all(r["seen/D"] == s and r["seen/G"] == s for r in losses)
         assert all(0.3 < r["z_mean/G"] < 0.7 for r in losses)  # U(0, 1) noise of that run's G update
+
+
+@pytest.mark.parametrize("make", [lambda: torch.nn.Linear(4, 3), lambda: torch.nn.ConvTranspose2d(3, 2, 3)],
+                         ids=["linear (dim 0)", "conv transpose (dim 1)"])
+def test_stacked_weights_equal_each_models_weight_normed_weight(make):
+    from igan.layers import weight_norm
+    from igan.parallel import _Stack
+
+    torch.manual_seed(0)
+    layers = [weight_norm(make()) for _ in range(3)]
+    for layer in layers:  # distinct g per model, so a mix-up between models would show
+        layer.parametrizations.weight.original0.data.uniform_(0.5, 2.0)
+    stack = _Stack(layers)
+    weights = stack.weights()
+    for k, layer in enumerate(layers):
+        torch.testing.assert_close(weights["weight"][k], layer.weight)
+        torch.testing.assert_close(weights["bias"][k], layer.bias)
+    # the layers now view the stack: an update of the stack is an update of each layer
+    with torch.no_grad():
+        stack.params["bias"].add_(1.0)
+    assert torch.equal(layers[2].bias, stack.params["bias"][2].detach())
