@@ -9,7 +9,12 @@ again skips the seeds whose ``summary.json`` shows they finished, resumes the ot
 checkpoint (``igan semisup --resume``, exact), and starts the missing ones. Ctrl-C stops the seed in
 training after saving its checkpoint.
 
+With ``--parallel`` (for a GPU: the whole 10-seed protocol as one batched computation, ``igan semisup
+--seeds K --parallel``) the seeds of a label count train together in one process, into the same
+folders; if some of them were started already, those are finished one by one as above instead.
+
     python benchmarks/reproduce_mnist.py --data-dir ../shared/data/mnist --labels 100 --seeds 10 --epochs 300
+    python benchmarks/reproduce_mnist.py --data-dir data/mnist --labels 100 --seeds 10 --device cuda --parallel
     python benchmarks/reproduce_mnist.py --data-dir ../shared/data/mnist --labels 20 50 100 200 --seeds 3 --epochs 10
     python benchmarks/reproduce_mnist.py --dataset digits --labels 50 --seeds 2 --epochs 2   # a quick trial
 """
@@ -37,6 +42,32 @@ def finished(run_dir: Path, epochs: int) -> dict | None:
     return summary if done else None
 
 
+def _igan(args, labels: int, *extra: str) -> list[str]:
+    cmd = [sys.executable, "-m", "igan", "semisup", "--dataset", args.dataset, "--labels", str(labels),
+           "--epochs", str(args.epochs), "--device", args.device, "--no-baseline", "--json", *extra]
+    return cmd + (["--data-dir", args.data_dir] if args.data_dir else [])
+
+
+def _run(cmd: list[str]) -> dict:
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)  # progress and errors stay on stderr
+    if proc.returncode != 0:
+        hint = "; run the same command again to continue" if proc.returncode in (130, 143) else ""
+        sys.exit(f"error: {' '.join(cmd[1:])} exited with {proc.returncode}{hint}")
+    return json.loads(proc.stdout)
+
+
+def train_together(args, labels: int, base: Path) -> list[dict]:
+    """All seeds of one label count at once (``--seeds K --parallel``), into base/seed<S>."""
+    print(f"labels {labels}: {args.seeds} seeds in parallel -> {base}", file=sys.stderr)
+    t0 = time.perf_counter()
+    result = _run(_igan(args, labels, "--seeds", str(args.seeds), "--seed", str(args.seed), "--label-seed",
+                        str(args.label_seed), "--parallel", "--out", str(base)))
+    seconds = round(time.perf_counter() - t0, 1)
+    runs = result.get("runs", [result])
+    return [{"seed": r["seed"], "label_seed": r["label_seed"], "test_errors": r["test_errors"], "seconds": seconds,
+             "resumed": False, "skipped": False, "parallel": True} for r in runs]
+
+
 def train_seed(args, labels: int, seed: int, label_seed: int, run_dir: Path) -> dict:
     """One seed: skipped when finished, resumed from its checkpoint when started, else trained."""
     done = finished(run_dir, args.epochs)
@@ -46,21 +77,13 @@ def train_seed(args, labels: int, seed: int, label_seed: int, run_dir: Path) -> 
         return {"seed": seed, "label_seed": label_seed, "test_errors": done["metrics"]["test_errors"],
                 "seconds": done.get("seconds"), "resumed": False, "skipped": True}
     ckpt = run_dir / "checkpoints" / "last.safetensors"
-    cmd = [sys.executable, "-m", "igan", "semisup", "--dataset", args.dataset, "--labels", str(labels),
-           "--seed", str(seed), "--label-seed", str(label_seed), "--epochs", str(args.epochs),
-           "--device", args.device, "--no-baseline", "--out", str(run_dir), "--json"]
-    if args.data_dir:
-        cmd += ["--data-dir", args.data_dir]
+    cmd = _igan(args, labels, "--seed", str(seed), "--label-seed", str(label_seed), "--out", str(run_dir))
     if ckpt.is_file():
         cmd += ["--resume", str(ckpt)]
     print(f"labels {labels} seed {seed}: {'resuming' if ckpt.is_file() else 'training'} -> {run_dir}",
           file=sys.stderr)
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)  # progress and errors stay on stderr
-    if proc.returncode != 0:
-        hint = "; run the same command again to continue" if proc.returncode in (130, 143) else ""
-        sys.exit(f"error: {' '.join(cmd[1:])} exited with {proc.returncode}{hint}")
-    result = json.loads(proc.stdout)
+    result = _run(cmd)
     return {"seed": seed, "label_seed": label_seed, "test_errors": result["test_errors"],
             "seconds": round(time.perf_counter() - t0, 1), "resumed": ckpt.is_file(), "skipped": False}
 
@@ -76,13 +99,20 @@ def main() -> None:
                     help="first labelled-split seed (default 1, the reference's)")
     ap.add_argument("--epochs", type=int, default=300)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--parallel", action="store_true",
+                    help="train a label count's seeds at once (igan semisup --seeds K --parallel), unless some of "
+                         "them were started already")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/reproduce_mnist"))
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for labels in args.labels:
-        runs = [train_seed(args, labels, args.seed + i, args.label_seed + i,
-                           args.out / f"labels{labels}" / f"seed{args.seed + i}") for i in range(args.seeds)]
+        base = args.out / f"labels{labels}"
+        dirs = [base / f"seed{args.seed + i}" for i in range(args.seeds)]
+        if args.parallel and args.seeds > 1 and not any(d.exists() for d in dirs):
+            runs = train_together(args, labels, base)
+        else:
+            runs = [train_seed(args, labels, args.seed + i, args.label_seed + i, d) for i, d in enumerate(dirs)]
         errors = [r["test_errors"] for r in runs]
         rows.append({"labels": labels, "seeds": args.seeds, "epochs": args.epochs, "dataset": args.dataset,
                      "test_errors": errors, "mean": statistics.fmean(errors),
