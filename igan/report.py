@@ -205,6 +205,8 @@ def collect(dirs: Iterable[Path]) -> tuple[list[RunData], list[SeedsTable]]:
             members = _members(d)
         elif (d / "metrics.jsonl").is_file() or (d / "config.json").is_file():
             members = [d]
+        elif (d / "seeds.json").is_file():  # an `igan train --seeds K` base directory brings its seeds
+            members = _members(d)
         else:
             inside = sorted({p.parent for p in d.glob("*/metrics.jsonl")}, key=_natural)
             names = ", ".join(p.name for p in inside[:5]) + (", ..." if len(inside) > 5 else "")

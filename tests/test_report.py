@@ -218,3 +218,15 @@ def test_plain_progress_has_no_control_characters(tmp_path):
     lines = [line for line in err.splitlines() if line.startswith("step ")]
     assert len(lines) == 2, err
     assert lines[-1].startswith("step 2/2 ") and " it/s eta " in lines[-1] and " D=" in lines[-1]
+
+
+def test_report_of_train_seeds_base_directory(run_cli, mpl, tmp_path):
+    """An ``igan train --seeds K`` base directory (seeds.json) brings its seed runs, overlaid."""
+    base = tmp_path / "seeds"
+    code, _, err = run_cli(["train", "--steps", "2", *TINY, "--seeds", "2", "--out", base])
+    assert code == 0, err
+    code, out, err = run_cli(["report", base])
+    assert code == 0, err
+    page = Page(Path(out.strip()).read_text(encoding="utf-8"))
+    alts = " | ".join(img.get("alt", "") for img in page.images)
+    assert "seed0" in alts and "seed1" in alts
