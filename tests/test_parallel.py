@@ -233,3 +233,15 @@ def test_stacked_weights_equal_each_models_weight_normed_weight(make):
     with torch.no_grad():
         stack.params["bias"].add_(1.0)
     assert torch.equal(layers[2].bias, stack.params["bias"][2].detach())
+
+
+def test_third_party_after_step_plugin_runs_per_seed_in_batched_mode(train_cli, tmp_path, single_thread, batched):
+    """The igan-gen-ema package (plugins/) keeps an EMA of G per run: batched seeds equal single runs."""
+    pytest.importorskip("igan_gen_ema")
+    code, _, err = train_cli(tmp_path / "par", "--seeds", "2", "--parallel", "--g-ema", "0.9", steps=3)
+    assert code == 0, err
+    code, _, err = train_cli(tmp_path / "single1", "--seed", "1", "--g-ema", "0.9", steps=3)
+    assert code == 0, err
+    par = tmp_path / "par" / "seed1" / "checkpoints" / "last.safetensors"
+    assert any(k.startswith("plugin.gen_ema.") for k in load_file(str(par)))
+    _assert_same_checkpoint(par, tmp_path / "single1" / "checkpoints" / "last.safetensors")
