@@ -43,7 +43,8 @@ from torch.nn.utils import parametrize
 from igan.errors import IganError, UsageError
 from igan.layers import _WEIGHT_NORM_TYPE, NoiseTape
 from igan.models import DOut
-from igan.train import Run, Step, discriminator_phase, generator_phase, save_run, train_step
+from igan.train import (Run, Step, build_run, discriminator_phase, generator_phase, resolve_device, save_run,
+                        train_step)
 
 __all__ = ["ParallelRuns", "LOSS_HOOKS", "build_parallel", "check_parallel_safe", "parallel_mode", "plain_copy"]
 
@@ -324,12 +325,12 @@ def build_parallel(configs: list[Any], pms: list[Any], run_dirs: list[Any], mode
     """Build one run per configuration (as ``igan train`` would, each seeding the global RNG with its
     seed) and remember each run's RNG state where its single-seed run would start training. ``mode``:
     ``batched`` or ``interleaved`` (default: ``parallel_mode`` of the device)."""
-    from igan.train import build_run
-
     from igan.distributed import setup
 
-    if setup(configs[0].device)[0].enabled:
+    dist, device_name = setup(configs[0].device)
+    if dist.enabled:
         raise UsageError("--parallel is not supported under torchrun", hint="run the seeds in one process")
+    mode = mode or parallel_mode(resolve_device(device_name))  # a bad IGAN_PARALLEL fails before any work
     runs, states = [], []
     for config, pm, run_dir in zip(configs, pms, run_dirs):
         run = build_run(config, pm, run_dir)
@@ -339,5 +340,5 @@ def build_parallel(configs: list[Any], pms: list[Any], run_dirs: list[Any], mode
     if len({(r.config.model, r.config.batch_size, r.total_steps) for r in runs}) != 1:
         raise UsageError("--parallel needs the same model, batch size and length for every seed",
                          hint="drop --parallel")
-    return ParallelRuns(runs, states, mode or parallel_mode(runs[0].device))
+    return ParallelRuns(runs, states, mode)
 
