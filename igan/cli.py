@@ -130,18 +130,36 @@ def train_once(config, pm) -> dict[str, Any]:
     return fit(run, resume=Path(config.resume) if config.resume else None)
 
 
+def seeds_base(config, seeds: int) -> Path:
+    """The folder of a ``--seeds K`` experiment: ``--out``, else the folder given to ``--resume``, else new."""
+    if seeds > 1 and config.resume and not config.out:
+        return Path(config.resume)
+    return _run_dir(config)
+
+
 def seed_configs(config, seeds: int, base: Path | None = None) -> list:
     """One configuration per seed: --seed + i, each in <base>/seed<S> (``base`` itself for one seed;
-    default: the run directory of ``config``)."""
+    default: ``seeds_base``). With several seeds, ``--resume`` names the experiment's folder and each
+    seed continues from its own checkpoint there (a seed that has none yet starts)."""
     import copy
 
-    base = base or _run_dir(config)
+    base = base or seeds_base(config, seeds)
+    resume = Path(config.resume) if seeds > 1 and config.resume else None
+    if resume is not None and not resume.is_dir():
+        raise UsageError(f"with --seeds {seeds}, --resume takes the experiment's folder (holding seed<S>/), "
+                         f"not {resume}", hint="e.g. --resume runs/mnist-seeds, the folder the first command printed")
     configs = []
     for i in range(seeds):
         cfg = copy.deepcopy(config)
         cfg.seed = config.seed + i
         cfg.out = str(base / f"seed{cfg.seed}") if seeds > 1 else str(base)
+        if resume is not None:
+            ckpt = resume / f"seed{cfg.seed}" / "checkpoints" / "last.safetensors"
+            cfg.resume = str(ckpt) if ckpt.is_file() else None
         configs.append(cfg)
+    if resume is not None and not any(c.resume for c in configs):
+        raise UsageError(f"{resume} holds no seed<S>/checkpoints/last.safetensors for seeds "
+                         f"{config.seed}-{config.seed + seeds - 1}", hint="check --resume, --seed and --seeds")
     return configs
 
 
@@ -154,11 +172,11 @@ def train_configs(configs: list, pms, parallel: bool = False) -> list[dict[str, 
 
 def train_seeds(config, pms, seeds: int = 1, parallel: bool = False) -> dict[str, Any]:
     """``igan train``: one run, or ``--seeds K`` runs (summary: the runs and their folder)."""
-    configs = seed_configs(config, seeds)
+    base = seeds_base(config, seeds)
+    configs = seed_configs(config, seeds, base)
     summaries = train_configs(configs, pms, parallel)
     if seeds == 1:
         return summaries[0]
-    base = Path(configs[0].out).parent
     result = {"run_dir": str(base), "runs": summaries}
     (base / "seeds.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
@@ -169,15 +187,17 @@ def train_parallel(configs: list, pms) -> list[dict[str, Any]]:
     from igan.parallel import build_parallel
     from igan.train import fit_runs
 
-    if any(c.resume for c in configs):
-        raise UsageError("--resume cannot be combined with --parallel",
-                         hint="resume each seed on its own: --seed S --resume RUN/seedS/checkpoints/last.safetensors")
+    resumes = [Path(c.resume) if c.resume else None for c in configs]
+    if any(resumes) and not all(resumes):
+        missing = ", ".join(str(c.seed) for c in configs if not c.resume)
+        raise UsageError(f"--parallel resumes all seeds together, but seeds {missing} have no checkpoint yet",
+                         hint="drop --parallel to finish the started seeds and start the others one by one")
     dirs = [_run_dir(c) for c in configs]
-    for d in dirs:
-        if (d / "checkpoints" / "last.safetensors").exists():
-            raise UsageError(f"{d} already holds a run", hint="use another --out")
+    for d, r in zip(dirs, resumes):
+        if r is None and (d / "checkpoints" / "last.safetensors").exists():
+            raise UsageError(f"{d} already holds a run", hint="use --resume with the experiment's folder, or another --out")
     trainer = build_parallel(configs, [pms.new() for _ in configs], dirs)
-    return fit_runs(trainer, [None] * len(configs))
+    return fit_runs(trainer, resumes)
 
 
 def _training_command(command: str, pm_factory: Callable, parser, doc: str) -> Callable:

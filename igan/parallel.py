@@ -191,6 +191,24 @@ class ParallelRuns:
         finally:
             self.rng[i] = (torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if cuda else None)
 
+    def restored(self) -> None:
+        """After ``--resume``: the runs must be at the same step, and (batched) the optimizer states each
+        run restored become the stacked optimizers' state."""
+        steps = {run.step for run in self.runs}
+        if len(steps) > 1:
+            raise UsageError(f"--parallel resumes seeds at the same step only; their checkpoints are at steps "
+                             f"{', '.join(str(r.step) for r in self.runs)}",
+                             hint="drop --parallel to finish them one by one")
+        if self.mode != "batched":
+            return
+        for stack, opt, per_run in ((self.g, self.opt_g, [r.opt_g for r in self.runs]),
+                                    (self.d, self.opt_d, [r.opt_d for r in self.runs])):
+            for name, p in stack.params.items():
+                states = [o.state.get(stack.per_model[k][name]) for k, o in enumerate(per_run)]
+                if states[0]:
+                    opt.state[p] = {key: torch.stack([st[key] for st in states]) if v.shape == p.shape[1:]
+                                    else v.clone() for key, v in states[0].items()}
+
     def save(self, i: int) -> None:
         """Run i's checkpoint, exactly as its single-seed run writes it (its optimizer state is a slice)."""
         if self.mode == "batched":

@@ -31,11 +31,11 @@ def _summarise(summary: dict[str, Any], config) -> dict[str, Any]:
 
 
 def run_semisup(config, pms, seeds: int = 1, baseline: bool | None = None, parallel: bool = False) -> dict[str, Any]:
-    from igan.cli import _run_dir, seed_configs, train_configs
+    from igan.cli import seed_configs, seeds_base, train_configs
     from igan.console import stderr
     from igan.techniques.semisup import labels_for
 
-    base_dir = _run_dir(config)
+    base_dir = seeds_base(config, seeds)
     configs = seed_configs(config, seeds, base_dir)
     for i, cfg in enumerate(configs):  # the labelled split varies with the seed, as the paper's protocol
         cfg.options["label_seed"] = config.opt("label_seed", 1) + i
@@ -55,6 +55,10 @@ def run_semisup(config, pms, seeds: int = 1, baseline: bool | None = None, paral
         cfg = copy.deepcopy(config)
         cfg.options["supervised_only"] = True
         cfg.out = str(base_dir / "supervised-only")
+        if config.resume:  # the baseline continues its own run, or starts if it never did
+            own = base_dir / "supervised-only"
+            ckpt = own / "checkpoints" / "last.safetensors"
+            cfg.resume = (str(own) if own.is_dir() else None) if seeds > 1 else (str(ckpt) if ckpt.is_file() else None)
         result["baseline"] = run_semisup(cfg, pms, seeds, baseline=False, parallel=parallel)
     if not config.opt("supervised_only"):
         _print_table(result, n_test, stderr)

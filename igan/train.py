@@ -540,7 +540,7 @@ class OneRun:
     """How ``fit`` drives a single run: its step is ``train_step`` and the global RNG is the run's own.
     The other driver is ``igan.parallel.ParallelRuns`` (K runs in one process, ``--parallel``): a driver
     has ``runs``, ``step()`` (one step of every run, their logs), ``active(i)`` (a context in which run
-    i's random stream is the global one) and ``save(i)``."""
+    i's random stream is the global one), ``restored()`` and ``save(i)``."""
 
     def __init__(self, run: Run) -> None:
         self.runs = [run]
@@ -550,6 +550,9 @@ class OneRun:
 
     def active(self, i: int) -> contextlib.AbstractContextManager:  # noqa: ARG002
         return contextlib.nullcontext()
+
+    def restored(self) -> None:
+        """Called after the train-start hooks and any ``--resume``; nothing to do for one run."""
 
     def save(self, i: int) -> None:
         save_run(self.runs[i])
@@ -572,6 +575,7 @@ def fit_runs(trainer: Any, resumes: list[Path | None], progress: bool = True) ->
             run.pm.hook.igan_train_start(run=run)
             if resumes[i] is not None:
                 restore_run(run, resumes[i])
+    trainer.restored()
     first = runs[0]
     main = first.dist.is_main
     if main:  # only now: a refused resume must not touch the run directory
@@ -585,6 +589,9 @@ def fit_runs(trainer: Any, resumes: list[Path | None], progress: bool = True) ->
     acc: list[dict[str, torch.Tensor]] = [{} for _ in runs]
     n_acc = 0
     last_values: list[dict[str, float]] = [{} for _ in runs]
+    for i, run in enumerate(runs):
+        if run.step >= total:  # resumed at its end already: report the numbers it finished with
+            last_values[i], run.last_metrics = _finished_results(run)
     t0 = time.perf_counter()
     start_step = first.step
     labels = [f" (seed {run.config.seed})" if len(runs) > 1 else "" for run in runs]
@@ -683,6 +690,15 @@ def fit_runs(trainer: Any, resumes: list[Path | None], progress: bool = True) ->
             (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         summaries.append(summary)
     return summaries
+
+
+def _finished_results(run: Run) -> tuple[dict[str, float], dict[str, float]]:
+    """The losses and metrics a finished run recorded in its summary.json (empty if it has none)."""
+    try:
+        summary = json.loads((run.run_dir / "summary.json").read_text())
+        return dict(summary.get("losses") or {}), dict(summary.get("metrics") or {})
+    except (OSError, ValueError):
+        return {}, {}
 
 
 def _mean_over_runs(values: list[dict[str, float]], k: int) -> dict[str, float]:

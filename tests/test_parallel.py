@@ -105,10 +105,48 @@ def test_unknown_parallel_mode_is_a_usage_error(run_cli, tmp_path, monkeypatch):
     assert code == 2 and "IGAN_PARALLEL" in err
 
 
-def test_parallel_refuses_resume(run_cli, tmp_path):
-    code, _, err = run_cli(["semisup", "--dataset", "digits", *STEPS, *TINY, "--seeds", "2", "--parallel",
-                            "--resume", str(tmp_path / "x.safetensors")])
-    assert code == 2 and "--resume" in err
+def _semisup_seeds(run_cli, steps, *flags):
+    code, out, err = run_cli(["semisup", "--dataset", "digits", "--steps", str(steps), *TINY, "--no-baseline",
+                              "--seeds", "2", *flags])
+    assert code == 0, err
+    return out
+
+
+def test_seeds_resume_from_the_experiment_folder(run_cli, tmp_path, single_thread, mode):
+    """--seeds K --resume FOLDER continues every seed from its own checkpoint, sequentially or with
+    --parallel, exactly as an uninterrupted run (each seed compared with straight single-seed runs)."""
+    for parallel in ([], ["--parallel"]):
+        base = tmp_path / f"exp{len(parallel)}"
+        _semisup_seeds(run_cli, 3, "--out", base, *parallel)
+        _semisup_seeds(run_cli, 5, "--resume", base, *parallel)
+        for seed in (0, 1):
+            straight = tmp_path / f"straight{seed}"
+            if not straight.exists():
+                code, _, err = run_cli(["semisup", "--dataset", "digits", "--steps", "5", *TINY, "--no-baseline",
+                                        "--seed", str(seed), "--label-seed", str(seed + 1), "--out", straight])
+                assert code == 0, err
+            _assert_same_checkpoint(base / f"seed{seed}" / "checkpoints" / "last.safetensors",
+                                    straight / "checkpoints" / "last.safetensors")
+
+
+def test_seeds_resume_needs_the_folder_and_parallel_needs_every_seed_started(run_cli, tmp_path, single_thread):
+    base = tmp_path / "exp"
+    _semisup_seeds(run_cli, 2, "--out", base)
+    code, _, err = run_cli(["semisup", "--dataset", "digits", "--steps", "3", *TINY, "--seeds", "2", "--resume",
+                            base / "seed0" / "checkpoints" / "last.safetensors"])
+    assert code == 2 and "experiment's folder" in err
+    code, _, err = run_cli(["semisup", "--dataset", "digits", "--steps", "3", *TINY, "--seeds", "2",
+                            "--resume", tmp_path / "nothing-here"])
+    assert code == 2
+    code, _, err = run_cli(["semisup", "--dataset", "digits", "--steps", "3", *TINY, "--no-baseline", "--seeds", "3",
+                            "--parallel", "--resume", base])
+    assert code == 2 and "seeds 2 have no checkpoint" in err
+    # sequentially, the started seeds continue and the missing one starts
+    _semisup_seeds(run_cli, 3, "--resume", base)
+    code, _, err = run_cli(["semisup", "--dataset", "digits", "--steps", "3", *TINY, "--no-baseline", "--seeds", "3",
+                            "--resume", base])
+    assert code == 0, err
+    assert json.loads((base / "seed2" / "summary.json").read_text())["steps"] == 3
 
 
 def test_noise_tape_replays_what_the_layer_would_draw():

@@ -143,3 +143,14 @@ def test_signal_saves_a_checkpoint_and_exits(tmp_path, run_cli, sig, code, word)
     rc, out, err = run_cli(["train", "--steps", str(steps + 2), *TINY, "--resume", _ckpt(run)])
     assert rc == 0, err
     assert load_checkpoint(_ckpt(run))[1]["step"] == steps + 2
+
+
+def test_resuming_a_finished_semisup_run_reports_its_final_numbers(run_cli, tmp_path):
+    args = ["semisup", "--dataset", "digits", "--steps", "2", *TINY, "--no-baseline", "--json"]
+    code, out, err = run_cli([*args, "--out", tmp_path / "r"])
+    assert code == 0, err
+    first = json.loads(out)
+    code, out, err = run_cli([*args, "--resume", tmp_path / "r" / "checkpoints" / "last.safetensors"])
+    assert code == 0, err  # nothing left to train: the summary keeps the numbers it finished with
+    again = json.loads(out)
+    assert again["test_errors"] == first["test_errors"] and again["test_errors"] is not None
