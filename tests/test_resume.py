@@ -154,3 +154,14 @@ def test_resuming_a_finished_semisup_run_reports_its_final_numbers(run_cli, tmp_
     assert code == 0, err  # nothing left to train: the summary keeps the numbers it finished with
     again = json.loads(out)
     assert again["test_errors"] == first["test_errors"] and again["test_errors"] is not None
+
+
+def test_resuming_semisup_with_its_baseline_continues_both_runs(run_cli, tmp_path):
+    args = ["semisup", "--dataset", "digits", *TINY, "--baseline"]
+    code, _, err = run_cli([*args, "--steps", "2", "--out", tmp_path / "r"])
+    assert code == 0, err
+    code, out, err = run_cli([*args, "--steps", "3", "--json", "--resume",
+                              tmp_path / "r" / "checkpoints" / "last.safetensors"])
+    assert code == 0, err
+    for run in (tmp_path / "r", tmp_path / "r" / "supervised-only"):
+        assert json.loads((run / "summary.json").read_text())["steps"] == 3  # each continued its own run
