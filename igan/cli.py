@@ -49,6 +49,9 @@ def _core_parameters(command: str) -> list[inspect.Parameter]:
         opt("steps", Optional[int], None, "--steps", min=1, help="total steps; overrides --epochs"),
         opt("batch_size", Optional[int], None, "--batch-size", min=1, help="batch size (default: the model's)"),
         opt("lr", Optional[float], None, "--lr", min=0.0, help="Adam learning rate (default: the model's)"),
+        opt("lr_decay_from", Optional[int], None, "--lr-decay-from", min=0,
+            help="epoch from which the learning rate falls linearly to 0 at the last epoch, as the reference "
+                 "CIFAR/SVHN scripts (default: the model's, 800 cifar_conv, 600 svhn_conv; 0: constant)"),
         opt("seed", int, 0, "--seed", help="random seed (model init, noise, data order)"),
         opt("seeds", int, 1, "--seeds", min=1,
             help="train K runs: seeds --seed, --seed + 1, ... (semisup: label splits too), in folders seed<S>"),
@@ -80,7 +83,8 @@ def _core_parameters(command: str) -> list[inspect.Parameter]:
     ]
 
 
-CORE_KEYS = {"dataset", "data_dir", "download", "epochs", "steps", "batch_size", "lr", "seed", "device",
+CORE_KEYS = {"dataset", "data_dir", "download", "epochs", "steps", "batch_size", "lr", "lr_decay_from", "seed",
+             "device",
              "out", "resume", "log_every", "checkpoint_every", "g_steps", "g_loss", "adam", "model",
              "fast_path"}
 MODEL_KEYS = {"wn", "noise", "dropout"}

@@ -26,6 +26,7 @@ class RunConfig:
     steps: int | None = None  # total optimisation steps; overrides epochs
     batch_size: int | None = None
     lr: float | None = None
+    lr_decay_from: int | None = None  # epoch from which lr falls linearly to 0 at the last epoch (0: never)
     beta1: float = 0.5  # Adam beta1 of every reference script (paper-notes §1.10)
     beta2: float = 0.999
     adam: str = "reference"  # "reference": eps inside the sqrt as the paper's code; "torch": torch.optim.Adam

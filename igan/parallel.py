@@ -209,6 +209,11 @@ class ParallelRuns:
                     opt.state[p] = {key: torch.stack([st[key] for st in states]) if v.shape == p.shape[1:]
                                     else v.clone() for key, v in states[0].items()}
 
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        if self.mode == "batched":
+            return [self.opt_g, self.opt_d]
+        return [opt for run in self.runs for opt in (run.opt_g, run.opt_d)]
+
     def save(self, i: int) -> None:
         """Run i's checkpoint, exactly as its single-seed run writes it (its optimizer state is a slice)."""
         if self.mode == "batched":

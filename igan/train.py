@@ -212,6 +212,17 @@ def apply_model_defaults(config: RunConfig, model_def: ModelDef) -> None:
         config.lr = d.get("lr", 3e-4)
     if config.epochs is None and config.steps is None:
         config.epochs = d.get("epochs", 10)
+    if config.lr_decay_from is None:
+        config.lr_decay_from = d.get("lr_decay_from", 0)
+
+
+def lr_factor(epoch: int, epochs: float, decay_from: int | None) -> float:
+    """The reference's learning-rate schedule (paper-notes §2.4-2.5): constant, then from epoch
+    ``decay_from`` linearly to 0 at the end, set once per epoch (``epoch`` counts from 0). For CIFAR-10,
+    min(1, (1200 - epoch) / 400) = min(3 - epoch / 400, 1), the reference's formula; SVHN: 900 / 600."""
+    if not decay_from or decay_from >= epochs:
+        return 1.0
+    return max(0.0, min(1.0, (epochs - epoch) / (epochs - decay_from)))
 
 
 def configure(pm: pluggy.PluginManager, config: RunConfig) -> None:
@@ -540,7 +551,8 @@ class OneRun:
     """How ``fit`` drives a single run: its step is ``train_step`` and the global RNG is the run's own.
     The other driver is ``igan.parallel.ParallelRuns`` (K runs in one process, ``--parallel``): a driver
     has ``runs``, ``step()`` (one step of every run, their logs), ``active(i)`` (a context in which run
-    i's random stream is the global one), ``restored()`` and ``save(i)``."""
+    i's random stream is the global one), ``restored()``, ``optimizers()`` (the ones its step updates,
+    for the learning-rate schedule) and ``save(i)``."""
 
     def __init__(self, run: Run) -> None:
         self.runs = [run]
@@ -553,6 +565,9 @@ class OneRun:
 
     def restored(self) -> None:
         """Called after the train-start hooks and any ``--resume``; nothing to do for one run."""
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.runs[0].opt_g, self.runs[0].opt_d]
 
     def save(self, i: int) -> None:
         save_run(self.runs[i])
@@ -617,6 +632,8 @@ def fit_runs(trainer: Any, resumes: list[Path | None], progress: bool = True) ->
             while first.step < total:
                 if stop:
                     raise stop[0]()
+                if first.step % spe == 0 or first.step == start_step:  # the schedule moves once per epoch
+                    _set_lr(trainer, first)
                 in_step = True
                 all_logs = trainer.step()
                 for run in runs:
@@ -690,6 +707,14 @@ def fit_runs(trainer: Any, resumes: list[Path | None], progress: bool = True) ->
             (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         summaries.append(summary)
     return summaries
+
+
+def _set_lr(trainer: Any, run: Run) -> None:
+    lr = run.config.lr * lr_factor(run.step // run.steps_per_epoch, run.total_steps / run.steps_per_epoch,
+                                   run.config.lr_decay_from)
+    for opt in trainer.optimizers():
+        for group in opt.param_groups:
+            group["lr"] = lr
 
 
 def _finished_results(run: Run) -> tuple[dict[str, float], dict[str, float]]:

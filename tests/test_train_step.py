@@ -148,3 +148,27 @@ def test_fast_path_flag_end_to_end(train_cli, tmp_path) -> None:
     assert code == 0, err
     assert json.loads((tmp_path / "off" / "config.json").read_text())["fast_path"] is False
     assert (tmp_path / "on" / "checkpoints" / "last.safetensors").is_file()
+
+
+@pytest.mark.parametrize("epochs, decay_from, period", [(1200, 800, 400.0), (900, 600, 300.0)],
+                         ids=["cifar10", "svhn"])
+def test_lr_schedule_is_the_reference_formula(epochs, decay_from, period):
+    """paper-notes §2.4-2.5: lr * min(3 - epoch / 400, 1) (CIFAR-10), min(3 - epoch / 300, 1) (SVHN)."""
+    from igan.train import lr_factor
+
+    for epoch in (0, 1, decay_from - 1, decay_from, decay_from + 1, (epochs + decay_from) // 2, epochs - 1):
+        assert lr_factor(epoch, epochs, decay_from) == pytest.approx(min(3 - epoch / period, 1.0))
+    assert lr_factor(5, 10, 0) == 1.0 and lr_factor(5, 10, None) == 1.0  # no decay
+
+
+def test_lr_decays_in_training_and_is_in_the_checkpoint(run_cli, tmp_path):
+    """4 epochs decaying from epoch 2: the last epoch (index 3) trains with lr * (4 - 3) / (4 - 2)."""
+    from igan.checkpoint import load_checkpoint
+
+    code, _, err = run_cli(["train", "--epochs", "4", "--lr-decay-from", "2", "--lr", "0.002", "--batch-size", "300",
+                            "--device", "cpu", "--out", tmp_path / "r"])
+    assert code == 0, err
+    _, meta = load_checkpoint(tmp_path / "r" / "checkpoints" / "last.safetensors")
+    for net in ("G", "D"):
+        assert [g["lr"] for g in meta["opt_groups"][net]] == [pytest.approx(0.001)]
+    assert meta["config"]["lr_decay_from"] == 2
