@@ -1,4 +1,5 @@
-"""Vectorised seeds (``--parallel``, igan.parallel): K runs in one batched step, each equal to its own run."""
+"""Vectorised seeds (``--seeds K --parallel``, igan.parallel): K runs in one process, batched or interleaved,
+each equal to its own single-seed run; and ``--seeds K --resume FOLDER``."""
 
 from __future__ import annotations
 
