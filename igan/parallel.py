@@ -96,17 +96,16 @@ class _Stack:
 
     def __init__(self, modules: list[nn.Module]) -> None:
         self.plain = plain_copy(modules[0])
-        names = [n for n, _ in modules[0].named_parameters()]
+        self.per_model = [dict(m.named_parameters()) for m in modules]
         self.params: dict[str, Tensor] = {}
-        for name in names:
-            per_model = [dict(m.named_parameters())[name] for m in modules]
-            stacked = torch.stack([p.detach() for p in per_model]).requires_grad_(per_model[0].requires_grad)
-            for k, p in enumerate(per_model):
+        for name, first in self.per_model[0].items():
+            own = [params[name] for params in self.per_model]
+            stacked = torch.stack([p.detach() for p in own]).requires_grad_(first.requires_grad)
+            for k, p in enumerate(own):
                 p.data = stacked.detach()[k]  # the run's parameter now lives in the stack (same storage)
             self.params[name] = stacked
-        self.buffers = {name: torch.stack([dict(m.named_buffers())[name] for m in modules])
-                        for name, _ in modules[0].named_buffers()}
-        self.per_model = [dict(m.named_parameters()) for m in modules]
+        buffers = [dict(m.named_buffers()) for m in modules]
+        self.buffers = {name: torch.stack([b[name] for b in buffers]) for name in buffers[0]}
         # weight-normed layers: (prefix, dim) so the stacked weights can be formed once per phase
         self.weight_norms = [(prefix, m.parametrizations.weight[0].dim)
                              for prefix, m in modules[0].named_modules()

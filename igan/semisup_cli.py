@@ -13,6 +13,7 @@ import copy
 import json
 import inspect
 import statistics
+from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
@@ -56,9 +57,8 @@ def run_semisup(config, pms, seeds: int = 1, baseline: bool | None = None, paral
         cfg.options["supervised_only"] = True
         cfg.out = str(base_dir / "supervised-only")
         if config.resume:  # the baseline continues its own run, or starts if it never did
-            own = base_dir / "supervised-only"
-            ckpt = own / "checkpoints" / "last.safetensors"
-            cfg.resume = (str(own) if own.is_dir() else None) if seeds > 1 else (str(ckpt) if ckpt.is_file() else None)
+            own = Path(cfg.out) if seeds > 1 else Path(cfg.out) / "checkpoints" / "last.safetensors"
+            cfg.resume = str(own) if own.exists() else None
         result["baseline"] = run_semisup(cfg, pms, seeds, baseline=False, parallel=parallel)
     if not config.opt("supervised_only"):
         _print_table(result, n_test, stderr)

@@ -26,6 +26,7 @@ import json
 import math
 import os
 import signal
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -659,7 +660,7 @@ def fit_runs(trainer: Any, resumes: list[Path | None], progress: bool = True) ->
                         metrics[i].write({"step": step, "epoch": step / spe, **last_values[i]})
                         run.pm.hook.igan_log(run=run, step=step, values=last_values[i])
                     acc, n_acc = [{} for _ in runs], 0
-                    shown = _mean_over_runs(last_values + [run.last_metrics for run in runs], len(runs))
+                    shown = {**_mean_over_runs(last_values), **_mean_over_runs([run.last_metrics for run in runs])}
                     bar.update(step, {k.split("/")[-1] if k.count("/") == 1 else k: v for k, v in shown.items()})
                 if end_of_epoch:
                     epoch = math.ceil(step / spe)
@@ -726,14 +727,10 @@ def _finished_results(run: Run) -> tuple[dict[str, float], dict[str, float]]:
         return {}, {}
 
 
-def _mean_over_runs(values: list[dict[str, float]], k: int) -> dict[str, float]:
-    """What the progress bar shows: each run's values for one run; their means over the runs for K."""
-    out: dict[str, float] = {}
-    for group in (values[:k], values[k:]):
-        keys = {key for d in group for key in d}
-        out.update({key: sum(d[key] for d in group if key in d) / max(1, sum(key in d for d in group))
-                    for key in sorted(keys)})
-    return out
+def _mean_over_runs(values: list[dict[str, float]]) -> dict[str, float]:
+    """What the progress bar shows: a run's own values for one run, each key's mean over the runs for K."""
+    keys = sorted({key for d in values for key in d})
+    return {key: statistics.fmean(d[key] for d in values if key in d) for key in keys}
 
 
 def _train_end_after_failure(trainer: Any) -> None:
