@@ -3,8 +3,13 @@
 Each seed varies both the model seed and the labelled split (``--seed + i``, ``--label-seed + i``), as the
 paper's 10 runs. Writes the table as JSON and markdown, next to the paper's numbers.
 
+``--recipe`` picks the version of the reference script to follow (``reference``: today's, the default;
+``paper-v1``: the one of 9 June 2016, ``igan.recipes``), and anything after ``--`` is passed on to
+``igan semisup`` (techniques beyond the paper, say); ``--tag`` names the experiment's folder (default:
+the recipe's name, plus the extra flags).
+
 The protocol is long on a CPU (about 2.5-3.5 hours per 300-epoch seed on 2 cores), so it can be stopped
-and continued: every seed trains in its own folder ``OUT/labels<L>/seed<S>``; running the same command
+and continued: every seed trains in its own folder ``OUT/<tag>/labels<L>/seed<S>``; running the same command
 again skips the seeds whose ``summary.json`` shows they finished, resumes the others from their last
 checkpoint (``igan semisup --resume``, exact), and starts the missing ones. Ctrl-C stops the seed in
 training after saving its checkpoint.
@@ -14,6 +19,8 @@ With ``--parallel`` (for a GPU: the whole 10-seed protocol as one batched comput
 folders; if some of them were started already, those are finished one by one as above instead.
 
     python benchmarks/reproduce_mnist.py --data-dir ../shared/data/mnist --labels 100 --seeds 10 --epochs 300
+    python benchmarks/reproduce_mnist.py --data-dir ../shared/data/mnist --labels 100 --seeds 1 --recipe paper-v1
+    python benchmarks/reproduce_mnist.py --data-dir ../shared/data/mnist --labels 100 --seeds 1 -- --pull-away
     python benchmarks/reproduce_mnist.py --data-dir data/mnist --labels 100 --seeds 10 --device cuda --parallel
     python benchmarks/reproduce_mnist.py --data-dir ../shared/data/mnist --labels 20 50 100 200 --seeds 3 --epochs 10
     python benchmarks/reproduce_mnist.py --dataset digits --labels 50 --seeds 2 --epochs 2   # a quick trial
@@ -42,9 +49,21 @@ def finished(run_dir: Path, epochs: int) -> dict | None:
     return summary if done else None
 
 
+def curve(run_dir: Path) -> dict[int, int]:
+    """Test errors at each epoch end, from the run's metrics.jsonl."""
+    points = {}
+    path = run_dir / "metrics.jsonl"
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        record = json.loads(line)
+        if "test_errors" in record:
+            points[round(record["epoch"])] = record["test_errors"]
+    return points
+
+
 def _igan(args, labels: int, *extra: str) -> list[str]:
     cmd = [sys.executable, "-m", "igan", "semisup", "--dataset", args.dataset, "--labels", str(labels),
-           "--epochs", str(args.epochs), "--device", args.device, "--no-baseline", "--json", *extra]
+           "--epochs", str(args.epochs), "--device", args.device, "--no-baseline", "--json", "--recipe", args.recipe,
+           *args.extra, *extra]
     return cmd + (["--data-dir", args.data_dir] if args.data_dir else [])
 
 
@@ -102,12 +121,17 @@ def main() -> None:
     ap.add_argument("--parallel", action="store_true",
                     help="train a label count's seeds at once (igan semisup --seeds K --parallel), unless some of "
                          "them were started already")
+    ap.add_argument("--recipe", default="reference", help="reference (default) or paper-v1 (igan.recipes)")
+    ap.add_argument("--tag", help="the experiment's folder under --out (default: recipe and extra flags)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/reproduce_mnist"))
+    ap.add_argument("extra", nargs="*", help="after --: more igan semisup flags")
     args = ap.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
+    tag = args.tag or "_".join([args.recipe, *(a.lstrip("-") for a in args.extra)])
+    out = args.out / tag
+    out.mkdir(parents=True, exist_ok=True)
     rows = []
     for labels in args.labels:
-        base = args.out / f"labels{labels}"
+        base = out / f"labels{labels}"
         dirs = [base / f"seed{args.seed + i}" for i in range(args.seeds)]
         if args.parallel and args.seeds > 1 and not any(d.exists() for d in dirs):
             runs = train_together(args, labels, base)
@@ -115,15 +139,17 @@ def main() -> None:
             runs = [train_seed(args, labels, args.seed + i, args.label_seed + i, d) for i, d in enumerate(dirs)]
         errors = [r["test_errors"] for r in runs]
         rows.append({"labels": labels, "seeds": args.seeds, "epochs": args.epochs, "dataset": args.dataset,
+                     "recipe": args.recipe, "extra": args.extra, "curves": {r["seed"]: curve(base / f"seed{r['seed']}")
+                                                                             for r in runs},
                      "test_errors": errors, "mean": statistics.fmean(errors),
                      "std": statistics.stdev(errors) if len(errors) > 1 else 0.0,
                      "paper": PAPER.get(labels, "") if args.dataset == "mnist" else "", "runs": runs})
-    (args.out / "table.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (out / "table.json").write_text(json.dumps(rows, indent=2) + "\n")
     lines = ["| labels | seeds | epochs | igan test errors | per seed | paper (of 10,000) |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {r['labels']} | {r['seeds']} | {r['epochs']} | {r['mean']:.1f} ± {r['std']:.1f} | "
               f"{', '.join(str(e) for e in r['test_errors'])} | {r['paper']} |" for r in rows]
-    (args.out / "table.md").write_text("\n".join(lines) + "\n")
+    (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -50,8 +50,11 @@ def _core_parameters(command: str) -> list[inspect.Parameter]:
         opt("batch_size", Optional[int], None, "--batch-size", min=1, help="batch size (default: the model's)"),
         opt("lr", Optional[float], None, "--lr", min=0.0, help="Adam learning rate (default: the model's)"),
         opt("lr_decay_from", Optional[int], None, "--lr-decay-from", min=0,
-            help="epoch from which the learning rate falls linearly to 0 at the last epoch, as the reference "
+            help="epoch from which the learning rate falls to 0 at the last epoch, as the reference "
                  "CIFAR/SVHN scripts (default: the model's, 800 cifar_conv, 600 svhn_conv; 0: constant)"),
+        opt("lr_schedule", str, "linear", "--lr-schedule",
+            help="shape of that decay: linear (the reference scripts') or cosine"),
+        opt("lr_warmup", int, 0, "--lr-warmup", min=0, help="epochs of linear learning-rate warm-up at the start"),
         opt("seed", int, 0, "--seed", help="random seed (model init, noise, data order)"),
         opt("seeds", int, 1, "--seeds", min=1,
             help="train K runs: seeds --seed, --seed + 1, ... (semisup: label splits too), in folders seed<S>"),
@@ -80,24 +83,41 @@ def _core_parameters(command: str) -> list[inspect.Parameter]:
             help="Gaussian noise layers in the MLP discriminator (0.3 input, 0.5 hidden)"),
         opt("dropout", Optional[bool], None, "--dropout/--no-dropout", panel=MODEL_PANEL,
             help="dropout in the conv discriminator (0.2 input, 0.5 per block)"),
-    ]
+        opt("g_out_data_init", Optional[bool], None, "--g-out-data-init/--no-g-out-data-init", panel=MODEL_PANEL,
+            help="MLP G's weight-normed output layer gets data-dependent init (reference before 14 June 2016; "
+                 "default off, as today's reference)"),
+    ] + ([opt("recipe", Optional[str], None, "--recipe",
+              help="a named set of defaults: reference (today's reference script, the default) or paper-v1 "
+                   "(the MNIST script when the paper appeared); flags given explicitly still win")]
+         if command == "semisup" else [])
 
 
-CORE_KEYS = {"dataset", "data_dir", "download", "epochs", "steps", "batch_size", "lr", "lr_decay_from", "seed",
-             "device",
-             "out", "resume", "log_every", "checkpoint_every", "g_steps", "g_loss", "adam", "model",
-             "fast_path"}
-MODEL_KEYS = {"wn", "noise", "dropout"}
+CORE_KEYS = {"dataset", "data_dir", "download", "epochs", "steps", "batch_size", "lr", "lr_decay_from", "lr_schedule",
+             "lr_warmup", "seed", "device", "out", "resume", "log_every", "checkpoint_every", "g_steps", "g_loss",
+             "adam", "model", "fast_path", "recipe"}
+MODEL_KEYS = {"wn", "noise", "dropout", "g_out_data_init"}
 
 
-def make_config(command: str, values: dict[str, Any], parser) -> "RunConfig":  # noqa: F821
+def make_config(command: str, values: dict[str, Any], parser,
+                given: list[str] | None = None) -> "RunConfig":  # noqa: F821
+    """The run's configuration from the parsed values; ``given`` names the ones typed on the command line."""
     from igan.config import RunConfig
 
     parser.validate_choices(values)
     core = {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items() if k in CORE_KEYS}
     model_kwargs = {k: v for k, v in values.items() if k in MODEL_KEYS and v is not None}
     options = {k: v for k, v in values.items() if k in parser.options}
-    return RunConfig(command=command, model_kwargs=model_kwargs, options=options, **core)
+    return RunConfig(command=command, model_kwargs=model_kwargs, options=options, **core,
+                     given=sorted(given or []))
+
+
+def _given_parameters(ctx: typer.Context | None, values: dict[str, Any]) -> list[str]:
+    """The parameters of the running command that the user typed (or set through an environment
+    variable), as opposed to their defaults: the context records each value's source."""
+    if ctx is None:
+        return []
+    sources = {name: ctx.get_parameter_source(name) for name in values}
+    return [name for name, src in sources.items() if src is not None and src.name in ("COMMANDLINE", "ENVIRONMENT")]
 
 
 def _run_dir(config) -> Path:
@@ -205,11 +225,11 @@ def train_parallel(configs: list, pms) -> list[dict[str, Any]]:
 
 
 def _training_command(command: str, pm_factory: Callable, parser, doc: str) -> Callable:
-    def command_fn(**values: Any) -> None:
+    def command_fn(ctx: typer.Context, **values: Any) -> None:
         as_json = values.pop("as_json")
         seeds, parallel = values.pop("seeds"), values.pop("parallel")
         values.pop("disable_plugin", None)  # already applied when the plugin manager was built
-        config = make_config(command, values, parser)
+        config = make_config(command, values, parser, _given_parameters(ctx, values))
         runner = pm_factory.runner(command)
         try:
             summary = runner(config, pm_factory, seeds=seeds, parallel=parallel)
@@ -222,7 +242,8 @@ def _training_command(command: str, pm_factory: Callable, parser, doc: str) -> C
         else:
             print(summary.get("run_dir", ""))
 
-    params = _core_parameters(command) + [o.typer_parameter() for o in parser.for_command(command)]
+    context = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
+    params = [context] + _core_parameters(command) + [o.typer_parameter() for o in parser.for_command(command)]
     command_fn.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command_fn.__doc__ = doc
     command_fn.__name__ = command

@@ -26,7 +26,10 @@ class RunConfig:
     steps: int | None = None  # total optimisation steps; overrides epochs
     batch_size: int | None = None
     lr: float | None = None
-    lr_decay_from: int | None = None  # epoch from which lr falls linearly to 0 at the last epoch (0: never)
+    lr_decay_from: int | None = None  # epoch from which lr falls to 0 at the last epoch (0: never)
+    lr_schedule: str = "linear"  # the shape of that decay: linear or cosine (igan.schedules)
+    lr_warmup: int = 0  # epochs of linear warm-up at the start (0: none)
+    recipe: str | None = None  # a named set of defaults (igan.recipes); None: the model's own
     beta1: float = 0.5  # Adam beta1 of every reference script (paper-notes §1.10)
     beta2: float = 0.999
     adam: str = "reference"  # "reference": eps inside the sqrt as the paper's code; "torch": torch.optim.Adam
@@ -42,6 +45,9 @@ class RunConfig:
     num_classes: int | None = None  # set from the dataset when the run is built
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # architecture switches (wn, noise, ...)
     options: dict[str, Any] = field(default_factory=dict)  # plugin options, by option name
+    # The settings typed on the command line (core names, model switches, plugin option names), so a
+    # recipe or a plugin can tell a value the user chose from a default (``is_given``).
+    given: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -54,6 +60,11 @@ class RunConfig:
     @classmethod
     def from_json(cls, text: str) -> "RunConfig":
         return cls.from_dict(json.loads(text))
+
+    def is_given(self, name: str) -> bool:
+        """Whether the user set ``name`` explicitly (a core setting, a model switch or a plugin option),
+        as opposed to it holding its default. Checkpoints written before igan recorded this say False."""
+        return name in self.given
 
     def opt(self, name: str, default: Any = None) -> Any:
         """A plugin option's value (``default`` when the plugin that declares it is not installed)."""

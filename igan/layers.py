@@ -35,6 +35,7 @@ __all__ = [
 ]
 
 _INIT_SCALE_ATTR = "_igan_init_scale"
+_INIT_POOLED_ATTR = "_igan_init_pooled"
 _SELF_DISTANCE = 1e6  # reference MinibatchLayer: pushes exp(-d_ii) to 0
 # the class of torch's weight-norm parametrization (private in torch, hence found by instantiating it)
 _WEIGHT_NORM_TYPE = type(_torch_weight_norm(nn.Linear(1, 1)).parametrizations.weight[0])
@@ -307,19 +308,24 @@ def _weight_norm_dim(module: nn.Module) -> int:
     )
 
 
-def weight_norm(module: nn.Module, *, init_scale: float | None = 1.0, train_g: bool = True) -> nn.Module:
+def weight_norm(module: nn.Module, *, init_scale: float | None = 1.0, train_g: bool = True,
+                pooled_init: bool = False) -> nn.Module:
     """Weight-normalises ``module`` (W = g v / ||v|| per output unit) with PyTorch's parametrization.
 
     ``init_scale`` is the output std that ``data_dependent_init`` gives each unit (reference: 1 for
     hidden layers, 0.1 for the last D and G layers); ``None`` leaves the layer out of that init (the
     reference MNIST G's output layer has no data init). ``train_g=False`` freezes g, as the reference
-    does for hidden layers after their init (paper-notes §1.8).
+    does for hidden layers after their init (paper-notes §1.8). ``pooled_init=True`` makes that init
+    divide every unit by one standard deviation pooled over all units (each unit still centred): the
+    ``WeightNormLayer`` of the reference code before 14 June 2016, which the ``paper-v1`` recipe's G
+    output layer uses (``T.sqrt(T.mean(T.square(input)))``, a scalar; later versions are per unit).
     """
     dim = _weight_norm_dim(module)
     if module.bias is None:
         raise ValueError("weight_norm's data-dependent init needs a layer with a bias")
     _torch_weight_norm(module, name="weight", dim=dim)
     setattr(module, _INIT_SCALE_ATTR, init_scale)
+    setattr(module, _INIT_POOLED_ATTR, pooled_init)
     module.parametrizations.weight.original0.requires_grad_(train_g)
     return module
 
@@ -353,7 +359,10 @@ def _init_weight_normed(module: nn.Module, output: Tensor) -> Tensor:
     u = (output - _channel_view(b, output.dim())) / _channel_view(g.flatten(), output.dim())  # [N, out, ...]
     dims = _stat_dims(u)
     m = u.mean(dim=dims)  # [out]
-    s = u.std(dim=dims, unbiased=False)  # [out]
+    if getattr(module, _INIT_POOLED_ATTR, False):  # one std for the whole layer (reference before 14 June 2016)
+        s = (u - _channel_view(m, u.dim())).square().mean().sqrt().expand_as(m)
+    else:
+        s = u.std(dim=dims, unbiased=False)  # [out]
     g.copy_((scale / s).view_as(g))
     b.copy_(-m * scale / s)
     return (u - _channel_view(m, u.dim())) * _channel_view(scale / s, u.dim())

@@ -157,7 +157,8 @@ def _output_activation(value_range: tuple[float, float]) -> nn.Module:
 def build_mlp(image_shape: tuple[int, int, int], num_logits: int, *, g_hidden: tuple[int, ...] = (500, 500),
               d_hidden: tuple[int, ...] = (1000, 500, 250, 250, 250), z_dim: int = 100,
               z_dist: str = "uniform", wn: bool = True, noise: bool = True, input_noise: float = 0.3,
-              hidden_noise: float = 0.5, value_range: tuple[float, float] = (0.0, 1.0)) -> Models:
+              hidden_noise: float = 0.5, value_range: tuple[float, float] = (0.0, 1.0),
+              g_out_data_init: bool = False) -> Models:
     n_pixels = math.prod(image_shape)
 
     # G: z -> [Linear -> BN without scale -> softplus] x len(g_hidden) -> weight-normed Linear -> sigmoid.
@@ -166,12 +167,19 @@ def build_mlp(image_shape: tuple[int, int, int], num_logits: int, *, g_hidden: t
     for width in g_hidden:
         g_layers += [_glorot_linear(fin, width, bias=False), BatchNormNoScale(width), nn.Softplus()]
         fin = width
-    # The reference output layer is l2-normalised with a trainable scale and no data-dependent init.
+    # The reference output layer (since 14 June 2016, 30d4beb) is l2-normalised with a trainable scale and
+    # no data-dependent init. ``g_out_data_init``: the earlier version (2b81a18, the paper-v1 recipe),
+    # weight norm with data-dependent init, one std pooled over the layer (``weight_norm(pooled_init)``).
     out: nn.Module = _glorot_linear(fin, n_pixels, bias=True)
     if wn:
-        out = weight_norm(out, init_scale=None, train_g=True)
+        out = weight_norm(out, init_scale=1.0 if g_out_data_init else None, train_g=True, pooled_init=True)
         with torch.no_grad():  # the reference scale starts at 1: unit-norm rows
             out.parametrizations.weight.original0.fill_(1.0)
+    elif g_out_data_init:
+        from igan.errors import UsageError
+
+        raise UsageError("--g-out-data-init needs weight norm (it initialises G's weight-normed output layer)",
+                         hint="drop --no-wn or --g-out-data-init")
     g_layers += [out, _output_activation(value_range)]
     generator = Generator(nn.Sequential(*g_layers), image_shape)
 

@@ -445,6 +445,8 @@ def _techniques(config: dict[str, Any] | None) -> str:
     if not config:
         return "—"
     on = ["--" + k.replace("_", "-") for k, v in sorted((config.get("options") or {}).items()) if v is True]
+    if config.get("recipe"):  # a named set of defaults (igan.recipes) changes what the flags alone say
+        on.insert(0, f"--recipe {config['recipe']}")
     return " ".join(on) or "none"
 
 

@@ -48,6 +48,7 @@ from igan.errors import IganError, UsageError
 from igan.layers import cacheable_parametrizations
 from igan.models import DOut, ModelDef, Models, initialize_from_data, sample_z
 from igan.sampler import Batch, BatchSampler
+from igan.schedules import lr_factor
 
 __all__ = ["LabelTargets", "Step", "Run", "build_run", "discriminator_phase", "generator_phase", "train_step", "fit",
            "fit_runs", "OneRun", "Terminated"]
@@ -217,21 +218,17 @@ def apply_model_defaults(config: RunConfig, model_def: ModelDef) -> None:
         config.lr_decay_from = d.get("lr_decay_from", 0)
 
 
-def lr_factor(epoch: int, epochs: float, decay_from: int | None) -> float:
-    """The reference's learning-rate schedule (paper-notes §2.4-2.5): constant, then from epoch
-    ``decay_from`` linearly to 0 at the end, set once per epoch (``epoch`` counts from 0). For CIFAR-10,
-    min(1, (1200 - epoch) / 400) = min(3 - epoch / 400, 1), the reference's formula; SVHN: 900 / 600."""
-    if not decay_from or decay_from >= epochs:
-        return 1.0
-    return max(0.0, min(1.0, (epochs - epoch) / (epochs - decay_from)))
-
-
 def configure(pm: pluggy.PluginManager, config: RunConfig) -> None:
     """Validate the configuration and let plugins register their per-run state."""
     if config.adam not in ("reference", "torch"):
         raise UsageError(f"--adam must be 'reference' or 'torch', got {config.adam!r}",
                          hint="reference: eps inside the square root, as the paper's code (default); torch: "
                               "torch.optim.Adam (fused)")
+    from igan.schedules import SCHEDULES
+
+    if config.lr_schedule not in SCHEDULES:
+        raise UsageError(f"--lr-schedule must be one of {', '.join(SCHEDULES)}, got {config.lr_schedule!r}",
+                         hint="linear: the reference scripts' decay (default); cosine: half a cosine to 0")
     if config.g_loss not in ("ns", "minimax"):
         raise UsageError(f"--g-loss must be 'ns' or 'minimax', got {config.g_loss!r}",
                          hint="ns = -log D(G(z)) (default); minimax = log(1 - D(G(z)))")
@@ -255,6 +252,9 @@ def build_run(config: RunConfig, pm: pluggy.PluginManager, run_dir: Path | None 
     if config.model not in models_by_name:
         raise UsageError(f"unknown model {config.model!r}", hint=f"choose one of: {', '.join(sorted(models_by_name))}")
     model_def = models_by_name[config.model]
+    from igan.recipes import apply_recipe
+
+    apply_recipe(config, model_def)  # a recipe's defaults come before the model's own
     apply_model_defaults(config, model_def)
     if config.batch_size % dist.world:
         raise UsageError(f"--batch-size {config.batch_size} does not split evenly over {dist.world} processes",
@@ -711,8 +711,9 @@ def fit_runs(trainer: Any, resumes: list[Path | None], progress: bool = True) ->
 
 
 def _set_lr(trainer: Any, run: Run) -> None:
-    lr = run.config.lr * lr_factor(run.step // run.steps_per_epoch, run.total_steps / run.steps_per_epoch,
-                                   run.config.lr_decay_from)
+    c = run.config
+    lr = c.lr * lr_factor(run.step // run.steps_per_epoch, run.total_steps / run.steps_per_epoch, c.lr_decay_from,
+                          c.lr_schedule, c.lr_warmup)
     for opt in trainer.optimizers():
         for group in opt.param_groups:
             group["lr"] = lr
