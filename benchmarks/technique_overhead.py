@@ -14,6 +14,7 @@ ratio to the plain GAN's time in the same round, which a busy shared machine dis
 ``torch.set_num_threads`` is left at PyTorch's default unless ``--threads`` is given.
 
     python benchmarks/technique_overhead.py                       # default: --steps 5 --rounds 12
+    python benchmarks/technique_overhead.py --semisup             # the Bad-GAN terms on the K+1 model
     python benchmarks/technique_overhead.py --device cuda --out benchmarks/results/gpu.json
 """
 
@@ -48,13 +49,23 @@ CONFIGS: list[tuple[str, dict, float | None]] = [
     ("ls", {"ls": True}, 1.1),
     ("vbn", {"vbn": True}, 1.3),
 ]
+# --semisup: the semi-supervised K+1 model (feature matching, 100 labels) and the Bad-GAN terms on it
+# (igan.techniques.pull_away / cond_entropy / low_density); "plain" is that model without them.
+SEMISUP_CONFIGS: list[tuple[str, dict, float | None]] = [
+    ("plain", {}, None),
+    ("pt", {"pull_away": True}, 1.1),
+    ("ent", {"cond_entropy": True}, 1.1),
+    ("ld", {"low_density": True}, 1.1),
+    ("pt+ent+ld", {"pull_away": True, "cond_entropy": True, "low_density": True}, 1.2),
+]
 N_IMAGES = 6000
 
 
 def make_run(options: dict, args: argparse.Namespace, data: BenchData, run_dir: Path) -> Run:
     pm = get_plugin_manager(extra=[("bench_data", data)])
-    values = {**collect_options(pm).defaults("train"), **options}
-    config = RunConfig(command="train", dataset="bench_mnist", model="mnist_mlp", batch_size=args.batch_size,
+    command = "semisup" if args.semisup else "train"
+    values = {**collect_options(pm).defaults(command), **options}
+    config = RunConfig(command=command, dataset="bench_mnist", model="mnist_mlp", batch_size=args.batch_size,
                        steps=10**9, device=args.device, seed=0, options=values)
     return build_run(config, pm, run_dir)
 
@@ -80,16 +91,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads(N) first (default: leave PyTorch's default). On a busy shared "
                         "machine, 1 thread is far less disturbed by other processes than the default")
+    p.add_argument("--semisup", action="store_true",
+                   help="the semi-supervised K+1 model (100 labels) and the Bad-GAN terms, instead of a plain GAN")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/technique_overhead.json"),
                    help="JSON results file (default benchmarks/results/technique_overhead.json)")
     args = p.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
+    configs = SEMISUP_CONFIGS if args.semisup else CONFIGS
     data = BenchData(N_IMAGES)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        runs = {name: make_run(opts, args, data, Path(tmp) / name) for name, opts, _ in CONFIGS}
+        runs = {name: make_run(opts, args, data, Path(tmp) / name) for name, opts, _ in configs}
         for run in runs.values():
             run.pm.hook.igan_train_start(run=run)  # HA records its initial parameters here
         names = list(runs)
@@ -105,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
     base = statistics.median(samples["plain"])
     rows = []
-    for name, _, target in CONFIGS:
+    for name, _, target in configs:
         med = statistics.median(samples[name])
         ratio = med / base
         paired = statistics.median(v / p for v, p in zip(samples[name], samples["plain"]))
@@ -130,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python benchmarks/technique_overhead.py",
                              *(argv if argv is not None else sys.argv[1:])]),
         "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "model": "mnist_mlp", "dataset": f"synthetic uint8 [{N_IMAGES}, 1, 28, 28]",
+        "model": "mnist_mlp", "run_command": "semisup" if args.semisup else "train", "dataset": f"synthetic uint8 [{N_IMAGES}, 1, 28, 28]",
         "batch_size": args.batch_size, "steps_per_round": args.steps, "rounds": args.rounds,
         "device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),

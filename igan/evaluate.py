@@ -330,13 +330,12 @@ def fid_metric(images: torch.Tensor, context: dict[str, Any]) -> dict[str, Any]:
 # The semi-supervised test error
 
 
-def checkpoint_test_error(restored, data_dir: str | None = None, download: bool = False, n: int | None = None,
-                          pm=None) -> dict[str, Any]:
-    """Test error of a semi-supervised checkpoint, with the EMA of D when the checkpoint holds it."""
+def evaluation_discriminator(restored):
+    """The discriminator a semi-supervised checkpoint is tested with: the moving average of D when the
+    checkpoint holds it (``plugin.semisup.run.ema.*``), else D's own weights; eval mode, on its device.
+    Returns (module, whether the average was used)."""
     from igan.checkpoint import prefixed
     from igan.console import warn
-    from igan.datasets import load_dataset
-    from igan.techniques.semisup import test_errors
 
     config = restored.config
     if config.command != "semisup":
@@ -346,8 +345,7 @@ def checkpoint_test_error(restored, data_dir: str | None = None, download: bool 
                              "(--metric classifier-score, is, fid)")
     d = restored.models.discriminator
     ema_state = prefixed(restored.tensors, "plugin.semisup.run.ema")
-    used_ema = bool(ema_state)
-    if used_ema:
+    if ema_state:
         d = copy.deepcopy(d)
         try:
             d.load_state_dict(ema_state)
@@ -356,7 +354,17 @@ def checkpoint_test_error(restored, data_dir: str | None = None, download: bool 
                             f"{str(exc).splitlines()[0]}", hint="the checkpoint may be damaged") from exc
     else:
         warn("the checkpoint holds no moving average of D (plugin.semisup.run.ema.*); using D's own weights")
-    d.to(restored.device).eval()
+    return d.to(restored.device).eval(), bool(ema_state)
+
+
+def checkpoint_test_error(restored, data_dir: str | None = None, download: bool = False, n: int | None = None,
+                          pm=None) -> dict[str, Any]:
+    """Test error of a semi-supervised checkpoint, with the EMA of D when the checkpoint holds it."""
+    from igan.datasets import load_dataset
+    from igan.techniques.semisup import test_errors
+
+    config = restored.config
+    d, used_ema = evaluation_discriminator(restored)
     pm = pm or _plugin_manager()
     ds, _ = load_dataset(pm, config.dataset, data_dir or config.data_dir, download)
     if ds.x_test is None:
@@ -406,6 +414,12 @@ def run_evaluate(input: Path, metric: str = "is", n: int | None = None, splits: 
 
     input = Path(input)
     pm = pm or _plugin_manager()
+    from igan.ensemble import ensemble_test_error, is_seeds_folder
+
+    if metric == ERROR_METRIC and is_seeds_folder(input):  # the K runs of `igan semisup --seeds K`
+        result = ensemble_test_error(input, str(data_dir) if data_dir else None, download, n, device, pm)
+        return {"metric": metric, "input": str(input), "input_kind": "seeds", "mean": result["test_error"],
+                "std": None, "splits": None, **result}
     registry = metric_registry(pm)
     if metric != ERROR_METRIC and metric not in registry:
         raise UsageError(f"unknown metric {metric!r}",
@@ -490,7 +504,15 @@ def print_table(result: dict[str, Any], console=None) -> None:
     if ref is not None:
         table.add_column("real data", justify="right")
     n = str(result["n"])
-    if metric == ERROR_METRIC:
+    if metric == ERROR_METRIC and result.get("input_kind") == "seeds":
+        which = "EMA of D" if result.get("ema") else "D"
+        table.add_row(f"test errors, mean ± std over {result['models']} seeds ({which})",
+                      f"{result['mean_test_errors']:.1f} ± {result['std_test_errors']:.1f}", n, splits)
+        table.add_row(f"ensemble of the {result['models']} models (mean probabilities)",
+                      f"{100 * result['ensemble_test_error']:.2f}% ({result['ensemble_test_errors']} wrong)", n, splits)
+        table.caption = "per seed: " + ", ".join(f"{s}: {e}" for s, e in zip(result["seeds"],
+                                                                             result["test_errors_per_seed"]))
+    elif metric == ERROR_METRIC:
         table.add_row(f"test error{' (EMA of D)' if result.get('ema') else ' (D)'}",
                       f"{100 * result['test_error']:.2f}% ({result['test_errors']} wrong)", n, splits)
     elif metric == "classifier-score":

@@ -243,6 +243,18 @@ def igan_restore_tensors(run: Run, tensors: dict[str, torch.Tensor]) -> None:
     """
 
 
+@hookspec(firstresult=True)
+def igan_density_model(run: Run):
+    """Return a density model of the training data for the low-density term (``--low-density``), or None.
+
+    firstresult: the first non-None result wins; without one, ``igan.techniques.low_density`` fits its
+    own small model (``igan.density``: a Gaussian mixture in the top principal components). The object
+    needs ``log_prob(x) -> [N]`` (log p of a batch of images in G's output space, differentiable in x),
+    and ``state() -> dict[str, Tensor]`` if it should be saved in checkpoints instead of rebuilt on
+    resume. Fires once per run, in the low-density plugin's ``igan_train_start``.
+    """
+
+
 def all_hook_names() -> list[str]:
     """The names of every hook specification, in file order (used by docs tests and ``igan plugins``)."""
     return [name for name, obj in globals().items() if name.startswith("igan_") and callable(obj)]

@@ -27,6 +27,9 @@ __all__ = [
     "supervised_loss",
     "unsupervised_discriminator_loss",
     "historical_averaging_penalty",
+    "pull_away_term",
+    "conditional_entropy",
+    "low_density_penalty",
 ]
 
 FEATURE_MATCHING_NORMS = ("l1", "l2")
@@ -125,3 +128,38 @@ class _HistoricalPenalty(torch.autograd.Function):
         diffs = ctx.saved_tensors
         # not in place: a caller may run this backward twice (retain_graph=True)
         return (None, *torch._foreach_mul(diffs, 2 * grad), *[None] * len(diffs))
+
+
+# ---- beyond the paper: the terms of "Good Semi-supervised Learning that Requires a Bad GAN" ------------
+# (Dai, Yang, Yang, Cohen, Salakhutdinov, NeurIPS 2017; reference code kimiyoung/ssl_bad_gan)
+
+
+def pull_away_term(features: Tensor) -> Tensor:
+    """``1/(N(N-1)) sum_{i != j} cos(f_i, f_j)^2``: the pull-away term (Zhao et al. 2017, EBGAN), which
+    Bad GAN adds to G's loss as a cheap stand-in for the generator's entropy: it is small when the
+    generated batch's D features point in different directions. An all-zero feature row (possible after
+    a ReLU) counts as orthogonal to everything instead of making the term NaN."""
+    f = features.flatten(1)
+    n = f.shape[0]
+    if n < 2:
+        raise ValueError("the pull-away term needs a batch of at least 2")
+    unit = F.normalize(f, dim=1)  # [N, F]; eps keeps zero rows at zero
+    cos = unit @ unit.t()  # [N, N]
+    off_diagonal = cos.square().sum() - cos.diagonal().square().sum()
+    return off_diagonal / (n * (n - 1))
+
+
+def conditional_entropy(logits: Tensor) -> Tensor:
+    """Mean entropy of D's K-class softmax, ``-mean_i sum_k p_ik log p_ik`` (Bad GAN's conditional-entropy
+    term on unlabelled data: minimising it makes D confident away from its decision boundaries)."""
+    log_p = F.log_softmax(logits, dim=1)
+    return -(log_p.exp() * log_p).sum(dim=1).mean()
+
+
+def low_density_penalty(log_density: Tensor, threshold: Tensor | float) -> Tensor:
+    """Bad GAN's low-density term for the "complement" generator: the mean excess of log p(G(z)) over a
+    threshold, over the samples above it (0 when none is): ``sum_i max(0, log p_i - eps) / #{i: log p_i > eps}``.
+    It pushes generated samples out of the data's high-density regions, where a bad GAN belongs."""
+    excess = F.relu(log_density - threshold)  # [N]
+    count = (excess > 0).sum().clamp_min(1)
+    return excess.sum() / count

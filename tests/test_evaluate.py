@@ -315,3 +315,60 @@ def test_bad_inputs(tmp_path, run_cli):
         assert_clean_error(code, out, err, code_expected, needle)
     code, out, err = run_cli(["evaluate", good, "--n", "0"])
     assert code == 2 and out == "" and "error:" in err
+
+
+# ---- the ensemble of a --seeds K folder (Table 1's second row) ----------------------------------------
+
+
+def test_ensemble_errors_by_hand():
+    """Model A is right on examples 0, 1; model B on 0, 2; their mean probabilities are right on 0 and 2
+    (B is the more confident one on example 2) and wrong on 1."""
+    from igan.ensemble import ensemble_errors
+
+    y = torch.tensor([0, 1, 1])
+    a = torch.tensor([[0.9, 0.1], [0.4, 0.6], [0.6, 0.4]])
+    b = torch.tensor([[0.8, 0.2], [0.9, 0.1], [0.1, 0.9]])
+    each, together = ensemble_errors([a, b], y)
+    assert each == [1, 1] and together == 1
+    assert ensemble_errors([a], y) == ([1], 1)
+
+
+def test_evaluate_a_seeds_folder_gives_per_seed_and_ensemble_errors(run_cli, tmp_path, single_thread):
+    from igan.commands import restore_models
+    from igan.datasets.digits import load_digits
+    from igan.ensemble import test_probabilities
+    from igan.evaluate import evaluation_discriminator
+
+    code, _, err = run_cli(["semisup", "--steps", "20", "--batch-size", "50", "--device", "cpu", "--no-baseline",
+                            "--seeds", "3", "--out", tmp_path / "exp"])
+    assert code == 0, err
+    code, out, table = run_cli(["evaluate", tmp_path / "exp", "--metric", "error", "--json"])
+    assert code == 0, table
+    result = json.loads(out)
+    assert result["input_kind"] == "seeds" and result["seeds"] == [0, 1, 2] and result["models"] == 3
+    singles = []
+    for seed in (0, 1, 2):
+        code, out1, err = run_cli(["evaluate", tmp_path / "exp" / f"seed{seed}" / "checkpoints" / "last.safetensors",
+                                   "--metric", "error", "--json"])
+        assert code == 0, err
+        singles.append(json.loads(out1)["test_errors"])
+    assert result["test_errors_per_seed"] == singles
+    assert result["mean_test_errors"] == pytest.approx(sum(singles) / 3)
+    # the ensemble: argmax of the mean of the three EMA discriminators' softmax outputs
+    ds = load_digits(None, False)
+    probs = []
+    for seed in (0, 1, 2):
+        d, ema = evaluation_discriminator(restore_models(tmp_path / "exp" / f"seed{seed}" / "checkpoints" /
+                                                         "last.safetensors", "cpu"))
+        assert ema
+        probs.append(test_probabilities(d, ds.x_test, ds.to_float))
+    want = int((torch.stack(probs).mean(0).argmax(1) != ds.y_test).sum())
+    assert result["ensemble_test_errors"] == want and result["n"] == ds.x_test.shape[0]
+    assert "ensemble of the 3 models" in table and "mean ± std over 3 seeds" in table
+
+
+def test_ensemble_refuses_unsupervised_runs(run_cli, tmp_path):
+    code, _, err = run_cli(["train", "--steps", "1", *TINY, "--seeds", "2", "--out", tmp_path / "gan"])
+    assert code == 0, err
+    code, _, err = run_cli(["evaluate", tmp_path / "gan", "--metric", "error"])
+    assert code == 2 and "an ensemble test error needs semi-supervised runs" in err

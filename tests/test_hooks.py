@@ -578,6 +578,43 @@ def test_worked_plugin_of_hooks_md_runs(tmp_path, monkeypatch):
         sys.modules.pop(module_name, None)
 
 
+def test_hook_igan_density_model(tmp_path):
+    """A plugin's density model replaces the built-in one: the low-density term uses its log_prob, its
+    threshold is the --ld-quantile of log p over the training images, and a model without state() is
+    not saved (it is asked for again on resume)."""
+
+    class Quadratic:
+        """log p(x) = -sum (x - 0.5)^2: high for G's first samples (sigmoid outputs near 0.5)."""
+
+        def log_prob(self, x):
+            return -(x.flatten(1) - 0.5).square().sum(1)
+
+    class Provider:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        @hookimpl
+        def igan_density_model(self, run):
+            self.calls += 1
+            return Quadratic()
+
+    provider = Provider()
+    run = make_run(tmp_path, ("density", provider), steps=3, command="semisup",
+                   options={"low_density": True, "ld_weight": 0.5, "ld_quantile": 0.5})
+    fit(run, progress=False)
+    assert provider.calls == 1
+    plugin = run.pm.get_plugin("low_density.run")
+    x = run.dataset.to_float(run.dataset.x_train)
+    want = torch.quantile(Quadratic().log_prob(x).double(), 0.5).float()
+    assert plugin.threshold.item() == pytest.approx(want.item(), rel=1e-6)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    ld = [r["loss/G/ld"] for r in records if "loss/G/ld" in r]
+    assert ld and ld[0] > 0
+    tensors, _ = load_checkpoint(tmp_path / "checkpoints" / "last.safetensors")
+    assert "plugin.low_density.run.threshold" in tensors
+    assert not any(k.startswith("plugin.low_density.run.model.") for k in tensors)
+
+
 # ------------------------------------------------------------------------------------------------
 # every hook is documented and tested
 
