@@ -36,7 +36,7 @@ from igan.techniques import require_enabled
 
 PANEL = "Low-density generator (Bad GAN)"
 SEMISUP = ("semisup",)
-DEFAULTS = {"ld_weight": 1e-4, "ld_quantile": 0.1, "ld_start": 0, "ld_dims": 50, "ld_components": 50}
+DEFAULTS = {"ld_weight": 1e-3, "ld_quantile": 0.1, "ld_start": 0, "ld_dims": 50, "ld_components": 50}
 
 
 @hookimpl
