@@ -45,7 +45,8 @@ BENCH = ROOT / "benchmarks"
 
 # seconds per part on a GPU machine (8 minutes in all, a little kept for start-up and the summary)
 BUDGETS = {"tests": 75, "step_speed": 170, "parallel_seeds": 75, "inception": 35, "cli": 100}
-TINY_BUDGETS = {"tests": 60, "step_speed": 60, "parallel_seeds": 60, "inception": 60, "cli": 90}
+# --tiny: generous, so that a busy CPU still finishes every part (an idle one needs about half a minute)
+TINY_BUDGETS = {"tests": 120, "step_speed": 120, "parallel_seeds": 120, "inception": 120, "cli": 180}
 
 
 class Check:
@@ -75,6 +76,8 @@ class Check:
             return {"command": _shown(cmd), "status": "skipped", "note": "time budget spent"}
         self.say(f"{name}: {_shown(cmd)} (limit {limit:.0f} s)")
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "NO_COLOR": "1", **(env or {})}
+        if self.tiny:  # on a CPU compiling is slower and not what --tiny checks
+            full_env["IGAN_COMPILE"] = "0"
         t = time.perf_counter()
         try:
             proc = subprocess.run(cmd, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -89,7 +92,7 @@ class Check:
         self.log.flush()
         self.say(f"{name}: {status} in {seconds} s")
         result = {"command": _shown(cmd), "status": status, "exit": code, "seconds": seconds,
-                  "output_tail": (output or "")[-1500:]}
+                  "output_tail": (output or "")[-1500:], "output_tail_full": output or ""}
         if env:
             result["env"] = env
         return result
@@ -106,6 +109,7 @@ class Check:
         except Exception as exc:  # noqa: BLE001 - a broken part must not lose the others' results
             result = {"status": "failed", "note": f"{type(exc).__name__}: {exc}"}
         result.setdefault("seconds", round(time.perf_counter() - t, 1))
+        _drop_full_output(result)
         result["budget_s"] = budget
         self.parts[name] = result
         self.save()
@@ -118,6 +122,14 @@ class Check:
                 "command": _shown([sys.executable, *sys.argv]), "tiny": self.tiny, "device": self.device,
                 **environment(), "seconds": round(time.perf_counter() - self.t0, 1), "parts": self.parts}
         (self.out / "device_check.json").write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _drop_full_output(obj: Any) -> None:
+    """The whole output is in the log; the JSON keeps only tails."""
+    if isinstance(obj, dict):
+        obj.pop("output_tail_full", None)
+        for v in obj.values():
+            _drop_full_output(v)
 
 
 def _shown(cmd: list[str]) -> str:
@@ -232,39 +244,48 @@ def part_inception(c: Check, budget: float) -> dict[str, Any]:
 
 
 def part_cli(c: Check, budget: float) -> dict[str, Any]:
-    """Every command end to end on the device, a few steps each; ``igan train`` and the resume with the
-    defaults (fast path and capture on CUDA), the rest without compiling (saves the compile time)."""
+    """Every command end to end on the device, a few steps each, in one process (benchmarks/_cli_batch.py:
+    torch starts once); ``igan train`` and the resume with the defaults (on CUDA: fast path and capture),
+    the others without compiling (saves the compile time)."""
     runs = c.tmp / "runs"
-    igan = c.python("-m", "igan")
     dev = ["--device", c.device]
     small = ["--batch-size", "10"] if c.tiny else []
-    steps = "2" if c.tiny else "8"
+    steps = 2 if c.tiny else 8
     no_compile = {"IGAN_COMPILE": "0"}
-    train = runs / "train"
-    semi = runs / "semisup"
-    ckpt = train / "checkpoints" / "last.safetensors"
+    train, semi = runs / "train", runs / "semisup"
+    ckpt = str(train / "checkpoints" / "last.safetensors")
     commands = [
-        ("train", igan + ["train", "--dataset", "digits", "--steps", steps, "--log-every", "2", *small, *dev,
-                          "--out", str(train), "--json"], None),
-        ("semisup", igan + ["semisup", "--dataset", "digits", "--steps", steps, "--log-every", "2", *small, *dev,
-                            "--no-baseline", "--out", str(semi), "--json"], no_compile),
-        ("sample", igan + ["sample", str(ckpt), "-n", "64", *dev, "-o", str(runs / "samples.png")], no_compile),
-        ("evaluate", igan + ["evaluate", str(semi / "checkpoints" / "last.safetensors"), "--metric", "error", *dev,
-                             "--json"], no_compile),
-        ("report", igan + ["report", str(train), str(semi), "-o", str(runs / "report.html")], no_compile),
-        ("resume", igan + ["train", "--dataset", "digits", "--steps", str(int(steps) + 4), "--log-every", "2", *small,
-                           *dev, "--resume", str(ckpt), "--json"], None),
+        ("train", ["train", "--dataset", "digits", "--steps", str(steps), "--log-every", "2", *small, *dev, "--out",
+                   str(train), "--json"], {}),
+        ("semisup", ["semisup", "--dataset", "digits", "--steps", str(steps), "--log-every", "2", *small, *dev,
+                     "--no-baseline", "--out", str(semi), "--json"], no_compile),
+        ("sample", ["sample", ckpt, "-n", "64", *dev, "-o", str(runs / "samples.png")], no_compile),
+        ("evaluate", ["evaluate", str(semi / "checkpoints" / "last.safetensors"), "--metric", "error", *dev,
+                      "--json"], no_compile),
+        ("report", ["report", str(train), str(semi), "-o", str(runs / "report.html")], no_compile),
+        ("resume", ["train", "--dataset", "digits", "--steps", str(steps + 4), "--log-every", "2", *small, *dev,
+                    "--resume", ckpt, "--json"], {}),
     ]
-    results = {}
-    end = time.perf_counter() + budget
-    for name, cmd, env in commands:
-        r = c.run(f"cli {name}", cmd, end - time.perf_counter(), env=env)
-        tail = r.get("output_tail", "")
-        if "RuntimeWarning" in tail and "igan:" in tail:  # e.g. the capture or compiler fell back
-            r["warnings"] = [line for line in tail.splitlines() if "igan:" in line][:3]
-        results[name] = r
+    spec = c.tmp / "cli_commands.json"
+    spec.write_text(json.dumps([{"name": n, "args": a, "env": e} for n, a, e in commands]))
+    r = c.run("cli", c.python(str(BENCH / "_cli_batch.py"), str(spec)), budget)
+    results: dict[str, Any] = {}
+    for line in (r.get("output_tail_full") or "").splitlines():
+        if line.startswith('{"name"'):
+            try:
+                item = json.loads(line)
+            except ValueError:
+                continue
+            item["status"] = "ok" if item["exit"] == 0 else "failed"
+            results[item.pop("name")] = item
+    for name, args, _ in commands:
+        if name not in results:
+            results[name] = {"status": "not run" if r["status"] == "ok" else r["status"],
+                             "note": f"the batch process ended ({r['status']}) before this command finished"}
+        results[name]["command"] = "igan " + _shown(args)
+    r.pop("output_tail_full", None)
     summary = _load(train / "summary.json") or {}
-    return {"status": _worst(results), "commands": results, "train_summary": summary}
+    return {"status": _worst(results), "seconds": r.get("seconds"), "commands": results, "train_summary": summary}
 
 
 def _worst(runs: dict[str, dict[str, Any]]) -> str:
@@ -340,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out", type=Path, help="output folder (device_check.json, device_check.log, summary.md)")
     ap.add_argument("--tiny", action="store_true", help="tiny settings on the CPU (the test of this script)")
     ap.add_argument("--budget", type=float, default=None,
-                    help="overall seconds (default 465 on a GPU: the call's 8 minutes less start-up; 300 --tiny)")
+                    help="overall seconds (default 465 on a GPU: the call's 8 minutes less start-up; 600 --tiny)")
     ap.add_argument("--parts", default="tests,step_speed,parallel_seeds,inception,cli",
                     help="comma-separated subset of the parts")
     args = ap.parse_args(argv)
@@ -351,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     if device == "cpu" and not args.tiny:
         print("device_check: no CUDA device here; running the --tiny CPU version", file=sys.stderr)
         args.tiny = True
-    c = Check(args.out, args.tiny, args.budget or (300.0 if args.tiny else 465.0), device)
+    c = Check(args.out, args.tiny, args.budget or (600.0 if args.tiny else 465.0), device)
     c.say(f"device check on {device}: {environment()}")
     parts = {"tests": part_tests, "step_speed": part_step_speed, "parallel_seeds": part_parallel_seeds,
              "inception": part_inception, "cli": part_cli}
