@@ -260,8 +260,8 @@ def for_run(run: Any) -> Callable[[], dict[str, Tensor]]:
     """What ``igan.train.OneRun`` calls for one step: ``train_step`` itself, or its captured form."""
     from igan.train import train_step
 
-    if not select(run.device, run.fast_path):
-        return lambda: train_step(run)
+    if not select(run.device, run.fast_path) or (run.dist.enabled and capture_mode() != "on"):
+        return lambda: train_step(run)  # (torchrun: not attempted, unless IGAN_CAPTURE=1 asks, to be refused)
     return CapturedStep(run.sampler.next, lambda batch: train_step(run, batch), runs=[run],
                         modules=[run.generator, run.discriminator], optimizers=[run.opt_g, run.opt_d],
                         device=run.device)
