@@ -44,9 +44,10 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
 
 # seconds per part on a GPU machine (8 minutes in all, a little kept for start-up and the summary)
-BUDGETS = {"tests": 75, "step_speed": 170, "parallel_seeds": 75, "inception": 35, "cli": 100}
-# --tiny: generous, so that a busy CPU still finishes every part (an idle one needs about half a minute)
-TINY_BUDGETS = {"tests": 120, "step_speed": 120, "parallel_seeds": 120, "inception": 120, "cli": 180}
+BUDGETS = {"tests": 90, "step_speed": 195, "parallel_seeds": 65, "inception": 35, "cli": 80}
+# --tiny checks that every part works, not how fast: budgets a busy, shared CPU still meets (an idle
+# 2-core machine needs about half a minute for all five)
+TINY_BUDGETS = {"tests": 300, "step_speed": 300, "parallel_seeds": 300, "inception": 300, "cli": 300}
 
 
 class Check:
@@ -162,8 +163,10 @@ def _load(path: Path) -> Any:
 def part_tests(c: Check, budget: float) -> dict[str, Any]:
     xml = c.tmp / "cuda_tests.xml"
     target = "tests/test_cuda.py" if c.tiny else "tests"
+    # --continue-on-collection-errors: a test module that cannot be imported there (a missing optional
+    # package) must not stop the CUDA tests of the others
     r = c.run("tests", c.python("-m", "pytest", target, "-m", "cuda", "-q", "-p", "no:cacheprovider",
-                                f"--junitxml={xml}"), budget)
+                                "--continue-on-collection-errors", f"--junitxml={xml}"), budget)
     counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     failed = []
     if xml.is_file():
@@ -182,29 +185,35 @@ def part_tests(c: Check, budget: float) -> dict[str, Any]:
 
 
 def part_step_speed(c: Check, budget: float) -> dict[str, Any]:
+    """Eager (both pairs in one process), then the fast path and the captured step, each pair in its own
+    process: compiling can be slow, and what finished must come back even if the rest runs out of time.
+    Each run gets the time left divided by the runs still to come."""
     cuda = c.device == "cuda"
     common = ["--device", c.device, "--threads", "0" if cuda else "1"]
     if c.tiny:
-        common += ["--workloads", "semisup", "--batch-size", "10", "--steps", "1", "--rounds", "1", "--warmup", "1",
-                   "--max-seconds", "0"]
+        common += ["--batch-size", "10", "--steps", "1", "--rounds", "1", "--warmup", "1", "--max-seconds", "0"]
+        pairs = ["semisup"]
     else:
-        common += ["--workloads", "semisup,cifar", "--steps", "20", "--rounds", "8", "--warmup", "5",
-                   "--max-seconds", "20"]
-    modes = [("eager", ["--fast-path", "off", "--capture", "off", "--check-steps", "0" if c.tiny else "2"], 0.25),
-             ("fast_path", ["--fast-path", "on", "--capture", "off", "--check-steps", "0"], 0.375),
-             ("captured", ["--fast-path", "on", "--capture", "on", "--hand-capture", "--check-steps", "0"], 0.375)]
+        common += ["--steps", "20", "--rounds", "8", "--warmup", "5", "--max-seconds", "20"]
+        pairs = ["semisup", "cifar"]
+    eager = ["--fast-path", "off", "--capture", "off", "--check-steps", "0" if c.tiny else "2"]
+    fast = ["--fast-path", "on", "--capture", "off", "--check-steps", "0"]
+    captured = ["--fast-path", "on", "--capture", "on", "--hand-capture", "--check-steps", "0"]
+    plan = [("eager", ",".join(pairs), eager)]
+    plan += [(f"{mode} {w}", w, flags) for w in pairs for mode, flags in (("fast_path", fast), ("captured", captured))]
     runs = {}
     end = time.perf_counter() + budget
-    for mode, flags, share in modes:
-        if not cuda and mode != "eager":
-            runs[mode] = {"status": "skipped", "note": "needs CUDA (on a CPU the fast path measured slower and "
-                                                       "nothing can be captured)"}
+    for i, (label, workloads, flags) in enumerate(plan):
+        if not cuda and label != "eager":
+            runs[label] = {"status": "skipped", "note": "needs CUDA (on a CPU the fast path measured slower and "
+                                                        "nothing can be captured)"}
             continue
-        out = c.tmp / f"step_speed_{mode}.json"
-        r = c.run(f"step_speed {mode}", c.python(str(BENCH / "step_speed.py"), *common, *flags, "--out", str(out)),
-                  min(budget * share, end - time.perf_counter()) if mode != "captured" else end - time.perf_counter())
+        out = c.tmp / f"step_speed_{i}.json"
+        share = (end - time.perf_counter()) / (len(plan) - i)
+        r = c.run(f"step_speed {label}", c.python(str(BENCH / "step_speed.py"), *common, "--workloads", workloads,
+                                                  *flags, "--out", str(out)), share)
         r["result"] = _load(out)
-        runs[mode] = r
+        runs[label] = r
     return {"status": _worst(runs), "modes": runs}
 
 
@@ -225,7 +234,7 @@ def part_parallel_seeds(c: Check, budget: float) -> dict[str, Any]:
         out = c.tmp / f"parallel_seeds_{mode}.json"
         r = c.run(f"parallel_seeds {mode}", c.python(str(BENCH / "parallel_seeds.py"), *common, *flags, "--out",
                                                      str(out)),
-                  budget * 0.4 if mode == "eager" else end - time.perf_counter(), env=env)
+                  budget * 0.4 if mode == "eager" and cuda else end - time.perf_counter(), env=env)
         r["result"] = _load(out)
         runs[mode] = r
     return {"status": _worst(runs), "modes": runs}
@@ -361,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out", type=Path, help="output folder (device_check.json, device_check.log, summary.md)")
     ap.add_argument("--tiny", action="store_true", help="tiny settings on the CPU (the test of this script)")
     ap.add_argument("--budget", type=float, default=None,
-                    help="overall seconds (default 465 on a GPU: the call's 8 minutes less start-up; 600 --tiny)")
+                    help="overall seconds (default 465 on a GPU: the call's 8 minutes less start-up; 1500 --tiny)")
     ap.add_argument("--parts", default="tests,step_speed,parallel_seeds,inception,cli",
                     help="comma-separated subset of the parts")
     args = ap.parse_args(argv)
@@ -372,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     if device == "cpu" and not args.tiny:
         print("device_check: no CUDA device here; running the --tiny CPU version", file=sys.stderr)
         args.tiny = True
-    c = Check(args.out, args.tiny, args.budget or (600.0 if args.tiny else 465.0), device)
+    c = Check(args.out, args.tiny, args.budget or (1500.0 if args.tiny else 465.0), device)
     c.say(f"device check on {device}: {environment()}")
     parts = {"tests": part_tests, "step_speed": part_step_speed, "parallel_seeds": part_parallel_seeds,
              "inception": part_inception, "cli": part_cli}

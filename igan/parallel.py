@@ -25,6 +25,13 @@ saves nothing and measured 9-19 % slower per seed than sequential runs, so the d
 ``interleaved``: each run's own ``train_step`` in turn with its own random stream (same results, any
 technique, sequential speed, one process and one progress bar). ``IGAN_PARALLEL=batched|interleaved``
 overrides the choice.
+
+On CUDA with the fast path the batched step is captured as one CUDA graph (``igan.capture``): what it
+takes from the host (each run's batch indices, z and noise, drawn from the run's own stream, D phase
+first, then each G update, as its single-seed run draws them) is made by ``_inputs`` outside the
+graph, and ``_compute`` is the rest. Since all of a step's noise is drawn first, an
+``igan_after_optimizer_step`` hook that drew random numbers would shift the later draws of its run;
+none of the capture-safe ones draws any.
 """
 
 from __future__ import annotations
