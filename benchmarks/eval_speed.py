@@ -89,7 +89,7 @@ def bench_classifier(device: torch.device, batch_sizes: list[int], n: int, repea
     return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     ap.add_argument("--batch-sizes", default=None, help="Inception batch sizes, comma-separated "
@@ -101,7 +101,7 @@ def main() -> None:
     ap.add_argument("--classifier-batch-sizes", default="500,5000", help="comma-separated")
     ap.add_argument("--repeats", type=int, default=1, help="timed runs per setting (the best is kept)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "eval_speed.json")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     from igan.train import resolve_device
 

@@ -15,6 +15,10 @@ and parallel K vs one seed's step (target on an H100: 10 seeds <= 1.5x one seed)
     python benchmarks/parallel_seeds.py                          # CPU, 1 thread, K = 1, 2, 4
     python benchmarks/parallel_seeds.py --threads 2 --seeds 2,4
     python benchmarks/parallel_seeds.py --device cuda --threads 0 --seeds 1,10
+    python benchmarks/parallel_seeds.py --device cuda --threads 0 --seeds 1,10 --fast-path on --capture on
+
+``--fast-path on`` with ``--capture on`` captures both sides' steps as CUDA graphs (``igan.capture``: each
+sequential run's step, and the batched step of all K).
 """
 
 from __future__ import annotations
@@ -38,49 +42,60 @@ from igan.config import RunConfig
 from igan.options import collect_options
 from igan.parallel import build_parallel
 from igan.plugins import get_plugin_manager
-from igan.train import train_step
+from igan.train import OneRun
 
 N_TRAIN, N_TEST = 6000, 1000
 
 
-def _config(pm, device: str, seed: int) -> RunConfig:
+FAST_PATH = {"auto": None, "on": True, "off": False}
+
+
+def _config(pm, device: str, seed: int, fast_path: bool | None = False, batch_size: int = 100) -> RunConfig:
     options = collect_options(pm).defaults("semisup")
     options["label_seed"] = 1 + seed
-    return RunConfig(command="semisup", dataset="bench_mnist", model="mnist_mlp", batch_size=100, steps=10**9,
-                     device=device, seed=seed, lr=0.003, fast_path=False, options=options)
+    return RunConfig(command="semisup", dataset="bench_mnist", model="mnist_mlp", batch_size=batch_size,
+                     steps=10**9, device=device, seed=seed, lr=0.003, fast_path=fast_path, options=options)
 
 
 def _pm():
     return get_plugin_manager(extra=[("bench_data", BenchData(N_TRAIN, N_TEST))])
 
 
-def sides(k: int, device: str, tmp: Path, mode: str = "batched"):
+def sides(k: int, device: str, tmp: Path, mode: str = "batched", fast_path: bool | None = False,
+          batch_size: int = 100):
     """(sequential step, parallel step) over K seeds, each on runs set up as fit() sets them up."""
     from igan.train import build_run
 
     seq_runs = []
     for s in range(k):
         pm = _pm()
-        run = build_run(_config(pm, device, s), pm, tmp / f"seq{k}_{s}")
+        run = build_run(_config(pm, device, s, fast_path, batch_size), pm, tmp / f"seq{k}_{s}")
         pm.hook.igan_train_start(run=run)
-        seq_runs.append(run)
+        seq_runs.append(OneRun(run))  # the loop's driver: the step captured where igan.capture selects it
     pms = [_pm() for _ in range(k)]
-    par = build_parallel([_config(pm, device, s) for s, pm in enumerate(pms)], pms,
+    par = build_parallel([_config(pm, device, s, fast_path, batch_size) for s, pm in enumerate(pms)], pms,
                          [tmp / f"par{k}_{s}" for s in range(k)], mode=mode)
     for i, run in enumerate(par.runs):
         with par.active(i):
             run.pm.hook.igan_train_start(run=run)
 
     def sequential():
-        for run in seq_runs:
-            train_step(run)
-            run.step += 1
+        for trainer in seq_runs:
+            trainer.step()
+            trainer.runs[0].step += 1
 
     def parallel():
         par.step()
         for run in par.runs:
             run.step += 1
+    sequential.trainers, parallel.trainer = seq_runs, par
     return sequential, parallel
+
+
+def _captured(step) -> bool:
+    from igan.capture import CapturedStep
+
+    return isinstance(step, CapturedStep) and not step.eager and step.graph is not None
 
 
 def timed(fn, steps: int, sync) -> float:
@@ -103,19 +118,28 @@ def main(argv: list[str] | None = None) -> int:
                    help="the parallel side: one vmapped step (default; the GPU default of --parallel) or each "
                         "run's own step in turn (the CPU default)")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads(N) (0: PyTorch's default)")
+    p.add_argument("--batch-size", type=int, default=100, help="batch size (default 100, the paper's)")
+    p.add_argument("--fast-path", choices=tuple(FAST_PATH), default="off",
+                   help="igan's --fast-path for both sides (default off: eager steps; auto: on for CUDA)")
+    p.add_argument("--capture", choices=("auto", "on", "off"), default="auto",
+                   help="IGAN_CAPTURE: capture the steps as CUDA graphs (needs CUDA and the fast path)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/parallel_seeds.json"))
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    os.environ["IGAN_CAPTURE"] = {"auto": "auto", "on": "1", "off": "0"}[args.capture]
+    from igan.capture import WARMUP
+
+    warmup = max(args.warmup, WARMUP + 2) if args.fast_path != "off" else args.warmup
     ks = [int(v) for v in args.seeds.split(",") if v.strip()]
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     rows = []
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp_name:
         for k in ks:
-            seq, par = sides(k, args.device, Path(tmp_name), args.mode)
+            seq, par = sides(k, args.device, Path(tmp_name), args.mode, FAST_PATH[args.fast_path], args.batch_size)
             for fn in (seq, par):
-                timed(fn, args.warmup, sync)
+                timed(fn, warmup, sync)
             ms: dict[str, list[float]] = {"sequential": [], "parallel": []}
             for r in range(args.rounds):
                 for name in (("sequential", "parallel") if r % 2 == 0 else ("parallel", "sequential")):
@@ -126,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                          "parallel_ms": round(statistics.median(ms["parallel"]), 2),
                          "paired_ratio": round(statistics.median(a / b for a, b in zip(ms["parallel"],
                                                                                        ms["sequential"])), 3),
+                         "sequential_captured": all(_captured(t._step) for t in seq.trainers),
+                         "parallel_captured": _captured(par.trainer._captured),
                          "sequential_rounds": [round(v, 2) for v in ms["sequential"]],
                          "parallel_rounds": [round(v, 2) for v in ms["parallel"]]})
     one = next((r["sequential_ms"] for r in rows if r["seeds"] == 1), None)
@@ -143,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
               "date": dt.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__,
               "device": args.device,
               "device_name": platform.processor() if cpu else torch.cuda.get_device_name(torch.device(args.device)),
-              "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "workload": "semisup mnist_mlp, batch 100",
-              "mode": args.mode,
+              "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "workload": f"semisup mnist_mlp, batch {args.batch_size}",
+              "mode": args.mode, "fast_path": args.fast_path, "capture": args.capture,
               "steps_per_round": args.steps, "rounds": args.rounds,
               "seconds": round(time.perf_counter() - t_start, 1), "results": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,14 @@ training after saving its checkpoint.
 
 With ``--parallel`` (for a GPU: the whole 10-seed protocol as one batched computation, ``igan semisup
 --seeds K --parallel``) the seeds of a label count train together in one process, into the same
-folders; if some of them were started already, those are finished one by one as above instead.
+folders; when all of them have checkpoints, running the command again resumes them together
+(``--seeds K --parallel --resume``); when only some were started, those are finished one by one as
+above instead.
+
+``--max-seconds S`` bounds the command's training time (benchmarks/device_protocol.sh: one call of a
+GPU machine): when it is spent, the training process gets SIGTERM, saves its checkpoints and stops;
+the table then records how far each seed got (``"finished": false``, the epochs done, the test errors
+at the last epoch end) and the same command continues later.
 
     python benchmarks/reproduce_mnist.py --data-dir ../shared/data/mnist --labels 100 --seeds 10 --epochs 300
     python benchmarks/reproduce_mnist.py --data-dir ../shared/data/mnist --labels 100 --seeds 1 --recipe paper-v1
@@ -30,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import statistics
 import subprocess
 import sys
@@ -67,24 +75,50 @@ def _igan(args, labels: int, *extra: str) -> list[str]:
     return cmd + (["--data-dir", args.data_dir] if args.data_dir else [])
 
 
-def _run(cmd: list[str]) -> dict:
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)  # progress and errors stay on stderr
+DEADLINE: list[float] = []  # time.monotonic() at which training stops (--max-seconds)
+
+
+def _late() -> bool:
+    return bool(DEADLINE) and time.monotonic() > DEADLINE[0] - 5
+
+
+def _run(cmd: list[str]) -> None:
+    """Run igan to its end, or until the deadline (SIGTERM: it saves its checkpoints and exits 143)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)  # progress and errors stay on stderr
+    try:
+        proc.wait(timeout=max(1.0, DEADLINE[0] - time.monotonic()) if DEADLINE else None)
+    except subprocess.TimeoutExpired:
+        print("time budget spent: stopping the run (it saves its checkpoints first)", file=sys.stderr)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait()
+        if proc.returncode in (0, 143):
+            return
     if proc.returncode != 0:
         hint = "; run the same command again to continue" if proc.returncode in (130, 143) else ""
         sys.exit(f"error: {' '.join(cmd[1:])} exited with {proc.returncode}{hint}")
-    return json.loads(proc.stdout)
 
 
-def train_together(args, labels: int, base: Path) -> list[dict]:
-    """All seeds of one label count at once (``--seeds K --parallel``), into base/seed<S>."""
-    print(f"labels {labels}: {args.seeds} seeds in parallel -> {base}", file=sys.stderr)
+def progress(run_dir: Path, epochs: int) -> dict:
+    """How far a seed got: finished or not, epochs done, test errors at the end (or the last epoch end)."""
+    points = curve(run_dir)
+    done = finished(run_dir, epochs)
+    last = max(points) if points else 0
+    return {"finished": done is not None, "epochs_done": epochs if done else last,
+            "test_errors": done["metrics"]["test_errors"] if done else points.get(last)}
+
+
+def train_together(args, labels: int, base: Path, resume: bool = False) -> list[dict]:
+    """All seeds of one label count at once (``--seeds K --parallel``), into base/seed<S>; ``resume``:
+    continue them together from their checkpoints."""
+    print(f"labels {labels}: {args.seeds} seeds in parallel{' (resuming)' if resume else ''} -> {base}",
+          file=sys.stderr)
     t0 = time.perf_counter()
-    result = _run(_igan(args, labels, "--seeds", str(args.seeds), "--seed", str(args.seed), "--label-seed",
-                        str(args.label_seed), "--parallel", "--out", str(base)))
+    _run(_igan(args, labels, "--seeds", str(args.seeds), "--seed", str(args.seed), "--label-seed",
+               str(args.label_seed), "--parallel", "--out", str(base), *(["--resume", str(base)] if resume else [])))
     seconds = round(time.perf_counter() - t0, 1)
-    runs = result.get("runs", [result])
-    return [{"seed": r["seed"], "label_seed": r["label_seed"], "test_errors": r["test_errors"], "seconds": seconds,
-             "resumed": False, "skipped": False, "parallel": True} for r in runs]
+    return [{"seed": args.seed + i, "label_seed": args.label_seed + i,
+             **progress(base / f"seed{args.seed + i}", args.epochs),
+             "seconds": seconds, "resumed": resume, "skipped": False, "parallel": True} for i in range(args.seeds)]
 
 
 def train_seed(args, labels: int, seed: int, label_seed: int, run_dir: Path) -> dict:
@@ -93,8 +127,11 @@ def train_seed(args, labels: int, seed: int, label_seed: int, run_dir: Path) -> 
     if done is not None:
         print(f"labels {labels} seed {seed}: finished earlier ({done['metrics']['test_errors']} errors)",
               file=sys.stderr)
-        return {"seed": seed, "label_seed": label_seed, "test_errors": done["metrics"]["test_errors"],
+        return {"seed": seed, "label_seed": label_seed, **progress(run_dir, args.epochs),
                 "seconds": done.get("seconds"), "resumed": False, "skipped": True}
+    if _late():
+        return {"seed": seed, "label_seed": label_seed, **progress(run_dir, args.epochs), "seconds": 0,
+                "resumed": False, "skipped": True}
     ckpt = run_dir / "checkpoints" / "last.safetensors"
     cmd = _igan(args, labels, "--seed", str(seed), "--label-seed", str(label_seed), "--out", str(run_dir))
     if ckpt.is_file():
@@ -102,9 +139,18 @@ def train_seed(args, labels: int, seed: int, label_seed: int, run_dir: Path) -> 
     print(f"labels {labels} seed {seed}: {'resuming' if ckpt.is_file() else 'training'} -> {run_dir}",
           file=sys.stderr)
     t0 = time.perf_counter()
-    result = _run(cmd)
-    return {"seed": seed, "label_seed": label_seed, "test_errors": result["test_errors"],
-            "seconds": round(time.perf_counter() - t0, 1), "resumed": ckpt.is_file(), "skipped": False}
+    resumed = ckpt.is_file()
+    _run(cmd)
+    return {"seed": seed, "label_seed": label_seed, **progress(run_dir, args.epochs),
+            "seconds": round(time.perf_counter() - t0, 1), "resumed": resumed, "skipped": False}
+
+
+def _epochs_cell(row: dict) -> str:
+    return str(row["epochs"]) if row["finished"] else f"{row['epochs_done']} of {row['epochs']}"
+
+
+def _errors_cell(row: dict) -> str:
+    return "-" if row["mean"] is None else f"{row['mean']:.1f} ± {row['std']:.1f}"
 
 
 def main() -> None:
@@ -123,9 +169,13 @@ def main() -> None:
                          "them were started already")
     ap.add_argument("--recipe", default="reference", help="reference (default) or paper-v1 (igan.recipes)")
     ap.add_argument("--tag", help="the experiment's folder under --out (default: recipe and extra flags)")
+    ap.add_argument("--max-seconds", type=float, default=None,
+                    help="stop training after this many seconds (checkpoints saved; run again to continue)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/reproduce_mnist"))
     ap.add_argument("extra", nargs="*", help="after --: more igan semisup flags")
     args = ap.parse_args()
+    if args.max_seconds is not None:
+        DEADLINE.append(time.monotonic() + args.max_seconds)
     tag = args.tag or "_".join([args.recipe, *(a.lstrip("-") for a in args.extra)])
     out = args.out / tag
     out.mkdir(parents=True, exist_ok=True)
@@ -133,24 +183,35 @@ def main() -> None:
     for labels in args.labels:
         base = out / f"labels{labels}"
         dirs = [base / f"seed{args.seed + i}" for i in range(args.seeds)]
-        if args.parallel and args.seeds > 1 and not any(d.exists() for d in dirs):
+        started = [(d / "checkpoints" / "last.safetensors").is_file() for d in dirs]
+        done = [finished(d, args.epochs) is not None for d in dirs]
+        if _late() and not all(done):  # no time left for this label count: report how far it got
+            runs = [{"seed": args.seed + i, "label_seed": args.label_seed + i, **progress(d, args.epochs),
+                     "seconds": 0, "resumed": False, "skipped": True} for i, d in enumerate(dirs)]
+        elif args.parallel and args.seeds > 1 and not any(d.exists() for d in dirs):
             runs = train_together(args, labels, base)
+        elif args.parallel and args.seeds > 1 and all(started) and not all(done):
+            runs = train_together(args, labels, base, resume=True)
         else:
             runs = [train_seed(args, labels, args.seed + i, args.label_seed + i, d) for i, d in enumerate(dirs)]
-        errors = [r["test_errors"] for r in runs]
+        errors = [r["test_errors"] for r in runs if r["test_errors"] is not None]
         rows.append({"labels": labels, "seeds": args.seeds, "epochs": args.epochs, "dataset": args.dataset,
+                     "finished": all(r["finished"] for r in runs),
+                     "epochs_done": min((r["epochs_done"] for r in runs), default=0),
                      "recipe": args.recipe, "extra": args.extra, "curves": {r["seed"]: curve(base / f"seed{r['seed']}")
                                                                              for r in runs},
-                     "test_errors": errors, "mean": statistics.fmean(errors),
+                     "test_errors": errors, "mean": statistics.fmean(errors) if errors else None,
                      "std": statistics.stdev(errors) if len(errors) > 1 else 0.0,
                      "paper": PAPER.get(labels, "") if args.dataset == "mnist" else "", "runs": runs})
     (out / "table.json").write_text(json.dumps(rows, indent=2) + "\n")
     lines = ["| labels | seeds | epochs | igan test errors | per seed | paper (of 10,000) |",
              "|---|---|---|---|---|---|"]
-    lines += [f"| {r['labels']} | {r['seeds']} | {r['epochs']} | {r['mean']:.1f} ± {r['std']:.1f} | "
+    lines += [f"| {r['labels']} | {r['seeds']} | {_epochs_cell(r)} | {_errors_cell(r)} | "
               f"{', '.join(str(e) for e in r['test_errors'])} | {r['paper']} |" for r in rows]
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    if not all(r["finished"] for r in rows):
+        print("not finished (time budget spent): run the same command again to continue", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,11 @@ layers, ReLU and Gaussian noise 0.3 on the input / 0.5 after each hidden layer),
   difference of the batch-mean features of D's last hidden layer, real features from an independent
   unlabelled batch under no_grad), D's parameters frozen during G's backward.
 - ``plain``: the plain GAN step (K = 1 logit, standard D loss, non-saturating G loss).
+- ``cifar``: the semi-supervised CIFAR-10 step on the paper's conv pair (``cifar_conv``: 9-layer
+  weight-normed D with dropout, 4-layer G with batch norm; K+1 loss, EMA of D, feature matching with the
+  mean absolute difference), on synthetic CIFAR-shaped data (``bench_cifar``). Its hand-written side
+  runs copies of igan's modules (plain torch layers plus igan's batch norm without scale and weight
+  norm) in its own step function, so it measures what igan's step adds around the same networks.
 
 igan's side is ``igan.train.train_step`` on a run made by ``igan.train.build_run`` (data-dependent init,
 plugins, hooks: exactly what ``igan train`` / ``igan semisup`` run). Data is synthetic MNIST-shaped uint8
@@ -17,7 +22,9 @@ plugins, hooks: exactly what ``igan train`` / ``igan semisup`` run). Data is syn
 ``bench_mnist`` by a small extra plugin, so no files are needed. ``--fast-path on|off|auto`` sets igan's
 ``--fast-path`` for the timed side (``torch.compile``'d G and D; ``auto`` is igan's default, on for CUDA
 only); the hand-written side always runs eagerly, so on CUDA the table compares igan's fast path with an
-eager baseline unless ``--fast-path off`` is given.
+eager baseline unless ``--fast-path off`` is given. ``--capture on`` captures igan's step as a CUDA graph
+(``igan.capture``, CUDA with the fast path only) and ``--hand-capture`` the hand-written step the same way
+(``igan.capture.CapturedStep``), for the like-for-like comparison with a graphed baseline.
 
 The hand-written side (``HandG``, ``HandD``, ``hand_step``) is the same maths and architecture in plain
 PyTorch: weight-normed layers through ``torch.nn.utils.parametrizations.weight_norm`` (W = g v / ||v||
@@ -51,6 +58,7 @@ times igan's hook calls (pluggy hook-call monitoring), to locate any overhead.
     python benchmarks/step_speed.py --fast-path on         # igan's side torch.compile'd (default on CUDA only)
     python benchmarks/step_speed.py --device cuda --threads 0
     python benchmarks/step_speed.py --device cuda --threads 0 --fast-path off
+    python benchmarks/step_speed.py --device cuda --threads 0 --capture on --hand-capture --workloads semisup,cifar
 """
 
 from __future__ import annotations
@@ -80,11 +88,13 @@ from igan.optim import ReferenceAdam
 from igan.options import collect_options
 from igan.plugins import get_plugin_manager
 from _synthetic import BenchData  # noqa: E402  (benchmarks/ is on sys.path)
-from igan.train import Run, build_run, train_step
+from igan.train import OneRun, Run, build_run, train_step
 
 N_TRAIN, N_TEST = 6000, 1000
 TARGET_RATIO = 1.05  # igan / hand-written on CPU
-WORKLOADS = {"semisup": "semisup", "plain": "train"}  # workload -> igan command
+WORKLOADS = {"semisup": "semisup", "plain": "train", "cifar": "semisup"}  # workload -> igan command
+PAIRS = {"semisup": ("bench_mnist", "mnist_mlp", 0.003), "plain": ("bench_mnist", "mnist_mlp", 0.003),
+         "cifar": ("bench_cifar", "cifar_conv", 3e-4)}  # workload -> dataset, model, lr
 
 
 # ----------------------------------------------------------------------------------------------
@@ -94,14 +104,15 @@ FAST_PATH = {"auto": None, "on": True, "off": False}
 
 
 def make_igan_run(workload: str, device: str, run_dir: Path, noise: bool = True, seed: int = 0,
-                  dtype: torch.dtype = torch.float32, fast_path: bool | None = False) -> Run:
+                  dtype: torch.dtype = torch.float32, fast_path: bool | None = False, batch_size: int = 100) -> Run:
     """igan's run as ``igan semisup`` / ``igan train`` builds it. ``dtype=torch.float64`` (equivalence check
     only) converts the initialised models and the batches to double precision; z follows the default dtype."""
     command = WORKLOADS[workload]
     pm = get_plugin_manager(extra=[("bench_data", BenchData(N_TRAIN, N_TEST))])
-    config = RunConfig(command=command, dataset="bench_mnist", model="mnist_mlp", batch_size=100,
-                       steps=10**9, device=device, seed=seed, lr=0.003,
-                       model_kwargs={} if noise else {"noise": False}, fast_path=fast_path,
+    dataset, model, lr = PAIRS[workload]
+    config = RunConfig(command=command, dataset=dataset, model=model, batch_size=batch_size,
+                       steps=10**9, device=device, seed=seed, lr=lr,
+                       model_kwargs={} if noise or model != "mnist_mlp" else {"noise": False}, fast_path=fast_path,
                        options=collect_options(pm).defaults(command))
     run = build_run(config, pm, run_dir)
     if dtype != torch.float32:
@@ -334,6 +345,72 @@ def _copy_wn(mine: nn.Module, theirs: nn.Linear) -> None:
         dst.copy_(src.reshape(dst.shape))
 
 
+class HandConv:
+    """The hand-written CIFAR-10 semi-supervised step's state: copies of igan's initialised G and D (the
+    same networks and weights), two reference Adams, the EMA of D, a sampler like ``HandSampler``."""
+
+    def __init__(self, run: Run) -> None:
+        import copy
+
+        self.workload = "cifar"
+        self.G, self.D = copy.deepcopy(run.generator), copy.deepcopy(run.discriminator)
+        self.d_train = [p for p in self.D.parameters() if p.requires_grad]
+        adam = dict(lr=run.config.lr, betas=(0.5, 0.999))
+        self.opt_g = ReferenceAdam([p for p in self.G.parameters() if p.requires_grad], **adam)
+        self.opt_d = ReferenceAdam(self.d_train, **adam)
+        self.ema_decay = 0.9999
+        self.d_all = [p for p in self.D.parameters()]
+        self.ema = [torch.zeros_like(p) for p in self.d_all]
+        self.x, self.y = run.dataset.x_train, run.dataset.y_train
+        self.scale, self.shift = run.dataset.scale, run.dataset.shift
+        self.batch, self.z_dim, self.device = run.config.batch_size, run.models.z_dim, run.device
+        self.sampler = HandSampler(self.x.shape[0], self.batch, run.device, seed=1, labeled=run.sampler.labeled.pool,
+                                   fm_real=True)
+
+    def data(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.x[idx].float() * self.scale + self.shift
+
+
+def hand_conv_step(h: HandConv, batch=None) -> dict[str, torch.Tensor]:
+    """One D update (labelled, unlabelled, generated passes; K+1 loss), the EMA, one FM (l1) G update."""
+    unl, lab, fm_real = batch if batch is not None else h.sampler.next()
+    z = torch.rand(h.batch, h.z_dim, device=h.device)
+    with torch.no_grad():
+        fake = h.G(z)
+    logits_unl, logits_fake, logits_lab = h.D(h.data(unl)).logits, h.D(fake).logits, h.D(h.data(lab)).logits
+    lse_unl, lse_fake = logits_unl.logsumexp(1), logits_fake.logsumexp(1)
+    loss_d = (F.cross_entropy(logits_lab, h.y[lab]) + 0.5 * F.softplus(-lse_unl).mean()
+              + 0.5 * F.softplus(lse_fake).mean())
+    h.opt_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    h.opt_d.step()
+    with torch.no_grad():
+        for avg, p in zip(h.ema, h.d_all):
+            avg.lerp_(p, 1.0 - h.ema_decay)
+    for p in h.d_train:
+        p.requires_grad_(False)
+    fake = h.G(torch.rand(h.batch, h.z_dim, device=h.device))
+    with torch.no_grad():
+        feat_real = h.D(h.data(fm_real)).features
+    loss_g = (feat_real.mean(0) - h.D(fake).features.mean(0)).abs().mean()
+    h.opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    h.opt_g.step()
+    for p in h.d_train:
+        p.requires_grad_(True)
+    return {"loss/D": loss_d.detach(), "loss/G": loss_g.detach()}
+
+
+def check_conv_losses(run: Run, h: HandConv) -> dict:
+    """igan's and the hand-written CIFAR step from the same weights, seed and batch: first-step losses."""
+    batch = run.sampler.next()
+    torch.manual_seed(100)
+    mine = train_step(run, batch)
+    torch.manual_seed(100)
+    theirs = hand_conv_step(h, (batch.unlabeled, batch.labeled, batch.generator_real))
+    return {k: [float(mine[k]), float(theirs[k])] for k in ("loss/D", "loss/G")}
+
+
 # ----------------------------------------------------------------------------------------------
 # equivalence
 
@@ -455,19 +532,55 @@ def timed(fn, steps: int, sync) -> float:
 
 
 def igan_stepper(run: Run):
+    """igan's step as the training loop calls it (``OneRun``: captured as a CUDA graph where
+    ``igan.capture`` selects it)."""
+    trainer = OneRun(run)
+
     def step():
-        train_step(run)
+        trainer.step()
         run.step += 1
+    step.trainer = trainer
     return step
 
 
+class _Buffers(nn.Module):
+    """Holds tensors (the hand-written EMA) as buffers, so a capture's first-use snapshot includes them."""
+
+    def __init__(self, tensors: list[torch.Tensor]) -> None:
+        super().__init__()
+        for i, t in enumerate(tensors):
+            self.register_buffer(f"t{i}", t)
+
+
+def hand_stepper(h, capture: bool):
+    step = hand_conv_step if h.workload == "cifar" else hand_step
+    if not capture:
+        return lambda: step(h), None
+    from igan.capture import CapturedStep
+
+    captured = CapturedStep(h.sampler.next, lambda b: step(h, b), runs=[], modules=[h.G, h.D, _Buffers(h.ema)],
+                            optimizers=[h.opt_g, h.opt_d], device=h.device, name="the hand-written step")
+    return captured, captured
+
+
+def _captured(obj) -> bool:
+    from igan.capture import CapturedStep
+
+    return isinstance(obj, CapturedStep) and not obj.eager and obj.graph is not None
+
+
 def bench_workload(workload: str, args, tmp: Path, budget: float) -> dict:
-    run = make_igan_run(workload, args.device, tmp / workload, fast_path=FAST_PATH[args.fast_path])
-    h = Hand(run, workload, wn=args.hand_wn, cache_wn=args.hand_wn_cache)
+    run = make_igan_run(workload, args.device, tmp / workload, fast_path=FAST_PATH[args.fast_path],
+                        batch_size=args.batch_size)
+    h = HandConv(run) if workload == "cifar" else Hand(run, workload, wn=args.hand_wn, cache_wn=args.hand_wn_cache)
+    first_losses = check_conv_losses(run, h) if workload == "cifar" else None
     sync = torch.cuda.synchronize if run.device.type == "cuda" else (lambda: None)
-    sides = {"igan": igan_stepper(run), "hand": lambda: hand_step(h)}
-    for fn in sides.values():  # warm-up
-        timed(fn, args.warmup, sync)
+    hand_fn, hand_captured = hand_stepper(h, args.hand_capture)
+    sides = {"igan": igan_stepper(run), "hand": hand_fn}
+    from igan.capture import WARMUP
+
+    for fn in sides.values():  # warm-up (a captured side warms up, then captures, in here)
+        timed(fn, max(args.warmup, WARMUP + 2) if args.capture != "off" or args.hand_capture else args.warmup, sync)
     samples: dict[str, list[float]] = {"igan": [], "hand": []}
     t0 = time.perf_counter()
     for r in range(args.rounds):
@@ -482,12 +595,17 @@ def bench_workload(workload: str, args, tmp: Path, budget: float) -> dict:
     mi, mh = statistics.median(samples["igan"]), statistics.median(samples["hand"])
     paired = statistics.median(a / b for a, b in zip(samples["igan"], samples["hand"]))
     target = TARGET_RATIO if run.device.type == "cpu" else None
-    row = {"workload": workload, "igan_ms_per_step": round(mi, 3), "hand_ms_per_step": round(mh, 3),
+    row = {"workload": workload, "model": run.config.model, "batch_size": run.config.batch_size,
+           "igan_ms_per_step": round(mi, 3), "hand_ms_per_step": round(mh, 3),
            "ratio": round(mi / mh, 3), "paired_ratio": round(paired, 3), "target_ratio": target,
            "meets_target": None if target is None else paired <= target, "rounds_done": len(samples["igan"]),
+           "igan_fast_path": run.fast_path, "igan_captured": _captured(sides["igan"].trainer._step),
+           "hand_captured": _captured(hand_captured),
            "igan_ms_rounds": [round(v, 3) for v in samples["igan"]],
            "hand_ms_rounds": [round(v, 3) for v in samples["hand"]]}
-    if args.profile:
+    if first_losses is not None:
+        row["first_step_losses_igan_hand"] = first_losses
+    if args.profile and workload != "cifar":
         row["profile"] = profile_workload(run, h, args, sync)
     return row
 
@@ -572,7 +690,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-seconds", type=float, default=180.0,
                    help="time budget of the timed rounds, split evenly over the workloads; rounds stop early "
                         "(after at least 3) when a workload's share is spent (default 180; 0: no limit)")
-    p.add_argument("--workloads", default="semisup,plain", help="comma-separated: semisup, plain")
+    p.add_argument("--workloads", default="semisup,plain", help="comma-separated: semisup, plain, cifar")
+    p.add_argument("--batch-size", type=int, default=100, help="batch size (default 100, the paper's)")
+    p.add_argument("--capture", choices=("auto", "on", "off"), default="auto",
+                   help="IGAN_CAPTURE for igan's side: capture the whole step as a CUDA graph (auto = igan's "
+                        "default: on CUDA with the fast path; on: a refusal or failure is an error)")
+    p.add_argument("--hand-capture", action="store_true",
+                   help="capture the hand-written step as a CUDA graph too (igan.capture.CapturedStep)")
     p.add_argument("--hand-wn", choices=tuple(WN_LAYERS), default="parametrize",
                    help="weight norm of the hand-written models: torch's parametrization (default; the fused "
                         "_weight_norm kernel, as igan) or the formula g v / ||v|| written inline")
@@ -590,6 +714,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    os.environ["IGAN_CAPTURE"] = {"auto": "auto", "on": "1", "off": "0"}[args.capture]
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     for w in workloads:
         if w not in WORKLOADS:
@@ -601,7 +726,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         if args.check_steps:
-            for w in workloads:
+            for w in [w for w in workloads if w != "cifar"]:  # cifar: first-step losses only (bench_workload)
                 for dtype, noise in ((torch.float32, False), (torch.float32, True), (torch.float64, False),
                                      (torch.float64, True)):
                     c = check_equivalence(w, args.device, noise, args.check_steps, tmp, args.hand_wn, dtype,
@@ -641,8 +766,9 @@ def main(argv: list[str] | None = None) -> int:
         "device_name": torch.cuda.get_device_name(torch.device(args.device)) if not cpu else platform.processor(),
         "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "env": {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "KMP_BLOCKTIME") if k in os.environ}, "platform": platform.platform(),
-        "python": platform.python_version(), "model": "mnist_mlp", "batch_size": 100,
-        "dataset": f"synthetic uint8 [{N_TRAIN}, 1, 28, 28] + {N_TEST} test",
+        "python": platform.python_version(), "models": {w: PAIRS[w][1] for w in workloads},
+        "batch_size": args.batch_size, "capture": args.capture, "hand_capture": args.hand_capture,
+        "dataset": f"synthetic uint8 [{N_TRAIN}, C, H, W] + {N_TEST} test",
         "hand_weight_norm": args.hand_wn, "hand_wn_cache": args.hand_wn_cache, "igan_fast_path": args.fast_path,
         "steps_per_round": args.steps, "rounds": args.rounds, "warmup_steps": args.warmup,
         "loadavg_1_5_15_before": [round(v, 2) for v in load_before],

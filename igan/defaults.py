@@ -75,8 +75,10 @@ def igan_label_targets(config):
     return LabelTargets()
 
 
-# The default losses are pure functions of the step: --parallel may compute them for K models at once.
+# The default losses are pure functions of the step: --parallel may compute them for K models at once,
+# and a CUDA graph may capture them (igan.capture).
 parallel_safe = True
+capture_safe = True
 
 
 @hookimpl(trylast=True)

@@ -25,9 +25,55 @@ class ReferenceAdam(torch.optim.Optimizer):
     def __init__(self, params: Iterable[torch.nn.Parameter], lr: float, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
+        # Capturable mode (``set_capturable``) is an attribute, not a group setting, so checkpoints
+        # (their ``opt_groups``) are the same in both modes.
+        self.capturable = False
+        self._lr: list[torch.Tensor] = []  # capturable mode: each group's learning rate, on the device
+        self._lr_seen: list[float] = []
+
+    def set_capturable(self, on: bool) -> None:
+        """Switch to (or back from) the form a CUDA graph can capture (``igan.capture``): step counts and
+        the learning rate live on the parameters' device and the bias corrections are computed there, so
+        a replayed update reads the current values instead of the ones seen when it was captured. The
+        same update; the bias corrections are formed in float64 on the device instead of in Python, and
+        the last multiply-add is split in two, so results can differ in the last bit."""
+        if on:
+            for group in self.param_groups:
+                counts = {float(self.state[p]["step"]) for p in group["params"] if self.state.get(p)}
+                if len(counts) > 1:  # the capturable update keeps one count per group
+                    raise ValueError(f"the parameters of one group are at different step counts {sorted(counts)}")
+        self.capturable = on
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state.get(p)
+                if state:
+                    state["step"] = state["step"].to(p.device if on else "cpu", torch.float32)
+        self._lr = [torch.tensor(float(g["lr"]), dtype=torch.float64, device=g["params"][0].device)
+                    for g in self.param_groups] if on else []
+        self._lr_seen = [float(g["lr"]) for g in self.param_groups] if on else []
+
+    def sync_lr(self) -> None:
+        """Capturable mode: copy a changed ``group["lr"]`` (the schedule sets it) to its device tensor.
+        Called before each replay of a captured step, outside the graph (``fill_`` launches no sync)."""
+        for i, group in enumerate(self.param_groups):
+            if float(group["lr"]) != self._lr_seen[i]:
+                self._lr[i].fill_(float(group["lr"]))
+                self._lr_seen[i] = float(group["lr"])
+
+    def load_state_dict(self, state_dict) -> None:
+        # torch keeps "step" where the checkpoint put it (on the GPU when loaded there); reading a GPU
+        # count in the eager update below would wait for the device once per tensor and step.
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state.get(p)
+                if state and "step" in state:
+                    state["step"] = state["step"].to(p.device if self.capturable else "cpu", torch.float32)
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ARG002 - the signature of torch.optim.Optimizer.step
+        if self.capturable:
+            return self._capturable_step()
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             params = [p for p in group["params"] if p.grad is not None]
@@ -54,6 +100,38 @@ class ReferenceAdam(torch.optim.Optimizer):
                 torch._foreach_add_(denom, group["eps"])  # eps inside the square root (reference)
                 torch._foreach_sqrt_(denom)
                 torch._foreach_addcdiv_(ps, exp_avg, denom, value=-group["lr"] / (1 - beta1 ** t))
+        return None
+
+    def _capturable_step(self) -> None:
+        """The update above with the step count, bias corrections and learning rate as device tensors."""
+        for i, group in enumerate(self.param_groups):
+            beta1, beta2 = group["betas"]
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            if not (params[0].is_cuda and torch.cuda.is_current_stream_capturing()):
+                self.sync_lr()  # never inside a capture: the graph would replay the value seen then
+            for p in params:
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+            steps = [self.state[p]["step"] for p in params]
+            torch._foreach_add_(steps, 1)
+            t = steps[0].double()  # one count per group (set_capturable checks)
+            grads = [p.grad for p in params]
+            exp_avg = [self.state[p]["exp_avg"] for p in params]
+            exp_avg_sq = [self.state[p]["exp_avg_sq"] for p in params]
+            torch._foreach_lerp_(exp_avg, grads, 1 - beta1)
+            torch._foreach_mul_(exp_avg_sq, beta2)
+            torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1 - beta2)
+            denom = torch._foreach_div(exp_avg_sq, (1 - beta2 ** t).float())  # v_hat
+            torch._foreach_add_(denom, group["eps"])
+            torch._foreach_sqrt_(denom)
+            update = torch._foreach_div(exp_avg, denom)
+            torch._foreach_mul_(update, (self._lr[i] / (1 - beta1 ** t)).float())
+            torch._foreach_sub_(params, update)
         return None
 
 

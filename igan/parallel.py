@@ -25,6 +25,13 @@ saves nothing and measured 9-19 % slower per seed than sequential runs, so the d
 ``interleaved``: each run's own ``train_step`` in turn with its own random stream (same results, any
 technique, sequential speed, one process and one progress bar). ``IGAN_PARALLEL=batched|interleaved``
 overrides the choice.
+
+On CUDA with the fast path the batched step is captured as one CUDA graph (``igan.capture``): what it
+takes from the host (each run's batch indices, z and noise, drawn from the run's own stream, D phase
+first, then each G update, as its single-seed run draws them) is made by ``_inputs`` outside the
+graph, and ``_compute`` is the rest. Since all of a step's noise is drawn first, an
+``igan_after_optimizer_step`` hook that drew random numbers would shift the later draws of its run;
+none of the capture-safe ones draws any.
 """
 
 from __future__ import annotations
@@ -176,6 +183,7 @@ class ParallelRuns:
         self.opt_d = make_optimizer(c.adam, self.d.trainable, c.lr, (c.beta1, c.beta2))
         self.noise_shapes = self._record_noise_shapes()
         self.n = c.batch_size
+        self._captured: Callable[[], list[dict[str, Tensor]]] | None = None
 
     # ---- what fit_runs calls -------------------------------------------------------------------
     @contextlib.contextmanager
@@ -232,14 +240,36 @@ class ParallelRuns:
                 with self.active(i):
                     logs.append(train_step(run))
             return logs
+        if self._captured is None:  # the batched step itself, or its CUDA-graph form (igan.capture)
+            from igan.capture import CapturedStep, select
+
+            first = self.runs[0]
+            self._captured = (CapturedStep(self._inputs, self._compute, runs=self.runs, modules=[
+                m for r in self.runs for m in (r.generator, r.discriminator)], optimizers=[self.opt_g, self.opt_d],
+                device=self.device, name="the batched --parallel step")
+                if select(self.device, first.fast_path) else (lambda: self._compute(self._inputs())))
+        return self._captured()
+
+    def _inputs(self) -> dict[str, Any]:
+        """What the batched step takes from the host: each run's batch, z and noise, drawn from the run's
+        own random stream in the order its single-seed run draws them (D phase, then each G update)."""
         runs, n = self.runs, self.n
-        first = runs[0]
         batches = [r.sampler.next() for r in runs]
+        labeled = batches[0].labeled is not None
+        draws = [self._draw([("G", n), ("D", n), ("D", n)] + ([("D", n)] if labeled else []))]
+        for j in range(runs[0].config.g_steps):
+            real_g = j == 0 and batches[0].generator_real is not None
+            draws.append(self._draw([("G", n)] + ([("D", n)] if real_g else []) + [("D", n)]))
+        return {"batches": batches, "draws": draws}
+
+    def _compute(self, inputs: dict[str, Any]) -> list[dict[str, Tensor]]:
+        """The batched step for ``_inputs()``: pure device work (``igan.capture`` can record it)."""
+        runs, batches = self.runs, inputs["batches"]
+        first = runs[0]
         labeled = batches[0].labeled is not None
 
         # ---- discriminator: z, then the noise of G's pass and D's real, generated, labelled passes
-        passes = [("G", n), ("D", n), ("D", n)] + ([("D", n)] if labeled else [])
-        z, noise = self._draw(passes)
+        z, noise = inputs["draws"][0]
         x_real = torch.stack([r.data(b.unlabeled) for r, b in zip(runs, batches)])
         x_lab = torch.stack([r.data(b.labeled) for r, b in zip(runs, batches)]) if labeled else None
         y_lab = torch.stack([r.dataset.y_train[b.labeled] for r, b in zip(runs, batches)]) if labeled else None
@@ -261,7 +291,7 @@ class ParallelRuns:
         fields = {k: _detach(v) for k, v in fields.items()}
         for j in range(first.config.g_steps):
             real_g = j == 0 and batches[0].generator_real is not None
-            z, noise = self._draw([("G", n)] + ([("D", n)] if real_g else []) + [("D", n)])
+            z, noise = inputs["draws"][1 + j]
             x_real_g = (torch.stack([r.data(b.generator_real) for r, b in zip(runs, batches)])
                         if real_g else None)
             gw = self.g.weights()
@@ -309,10 +339,14 @@ class ParallelRuns:
         opt.step()
         logs[f"loss/{net}"] = loss.detach()
         logged = []
+        from igan.capture import capturing
+
+        # a graph being captured cannot switch RNG states; capture-safe hooks draw no random numbers here
+        active = (lambda i: contextlib.nullcontext()) if capturing(self.device) else self.active
         with torch.no_grad():
             for i, run in enumerate(self.runs):
                 step = Step(run=run, it=run.step, net=net, **{k: _index(v, i) for k, v in fields.items()})
-                with self.active(i):
+                with active(i):
                     run.pm.hook.igan_after_optimizer_step(step=step, net=net)
                 logged.append(step.logs)
         return logged

@@ -49,7 +49,9 @@ class _Stream:
 
     def _shuffled(self, gen: torch.Generator) -> torch.Tensor:
         order = torch.randperm(self.pool.numel(), generator=gen)
-        return self.pool[order.to(self.pool.device)]
+        if self.pool.is_cuda:  # from pinned memory the copy does not wait for the GPU (a step never syncs)
+            return self.pool[order.pin_memory().to(self.pool.device, non_blocking=True)]
+        return self.pool[order]
 
 
 class BatchSampler:

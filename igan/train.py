@@ -121,6 +121,7 @@ class Run:
     d_exec: nn.Module | None = None
     d_frozen_exec: nn.Module | None = None  # D as the G phase calls it (no DDP: nothing to synchronise)
     cache_weights: bool = False  # compute parametrized (weight-normed) weights once per phase
+    fast_path: bool = False  # --fast-path in effect (on CUDA it also captures the step: igan.capture)
 
     def __post_init__(self) -> None:
         self.g_exec = self.g_exec or self.models.generator
@@ -316,7 +317,7 @@ def _executors(config: RunConfig, device: torch.device, models: Models, g_exec: 
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 matmuls (cuDNN convolutions use TF32 already)
     return {"g_exec": MaybeCompiled(g_exec), "d_exec": MaybeCompiled(d_exec),
-            "d_frozen_exec": MaybeCompiled(models.discriminator), "cache_weights": False}
+            "d_frozen_exec": MaybeCompiled(models.discriminator), "cache_weights": False, "fast_path": True}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -380,9 +381,11 @@ def generator_phase(step: Step, G, D, z: torch.Tensor, x_real_g: torch.Tensor | 
     return step.run.pm.hook.igan_generator_loss(step=step) + _extra_terms(step, "G")
 
 
-def train_step(run: Run) -> dict[str, torch.Tensor]:
-    """One D update then ``g_steps`` G updates. Returns the step's logged scalars (device tensors)."""
-    batch: Batch = run.sampler.next()
+def train_step(run: Run, batch: Batch | None = None) -> dict[str, torch.Tensor]:
+    """One D update then ``g_steps`` G updates. Returns the step's logged scalars (device tensors).
+    ``batch``: the step's indices when the caller drew them (``igan.capture`` keeps the sampler out of
+    the captured graph); by default the run's sampler draws them."""
+    batch = batch if batch is not None else run.sampler.next()
     shard = run.dist.shard  # each process takes its own part of the global batch
     n = run.config.batch_size // run.dist.world
 
@@ -557,9 +560,14 @@ class OneRun:
 
     def __init__(self, run: Run) -> None:
         self.runs = [run]
+        self._step: Any = None  # train_step, or its CUDA-graph form (chosen at the first step: igan.capture)
 
     def step(self) -> list[dict[str, torch.Tensor]]:
-        return [train_step(self.runs[0])]
+        if self._step is None:
+            from igan.capture import for_run
+
+            self._step = for_run(self.runs[0])
+        return [self._step()]
 
     def active(self, i: int) -> contextlib.AbstractContextManager:  # noqa: ARG002
         return contextlib.nullcontext()

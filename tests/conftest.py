@@ -18,6 +18,19 @@ import pytest
 TINY = ["--batch-size", "10", "--device", "cpu", "--log-every", "1"]
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` need a CUDA device: skipped without one (CI and the development machines
+    have none; ``benchmarks/device_check.py`` runs them on a GPU machine)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _clean_igan_env(monkeypatch):
     """The developer's own IGAN_DEBUG / IGAN_DISABLE_PLUGINS must not change what the tests see."""

@@ -36,6 +36,7 @@ def igan_addoption(parser):
 
 class FeatureMatching:
     parallel_safe = True  # the loss is a pure function of the step (igan.parallel)
+    capture_safe = True  # ... and does the same device work at every step (igan.capture)
 
     def __init__(self, norm: str) -> None:
         self.norm = norm

@@ -31,6 +31,8 @@ def igan_configure(config, pm):
 
 
 class HistoricalAveraging:
+    # Not capture_safe (igan.capture): the running mean's weight 1/t is a host number that changes every
+    # step, and a captured step would replay the value seen at capture.
     def __init__(self, weight: float) -> None:
         self.weight = weight
         self.params: dict[str, list[torch.Tensor]] = {}

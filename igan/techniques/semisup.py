@@ -96,6 +96,7 @@ def test_errors(discriminator: nn.Module, x: torch.Tensor, y: torch.Tensor, to_f
 
 class SemiSupervised:
     parallel_safe = True  # its loss reads only the step and fixed settings; the EMA is per run (igan.parallel)
+    capture_safe = True  # device work only, the same at every step (the update count too: igan.capture)
 
     def __init__(self, config) -> None:
         self.labels = labels_for(config)
@@ -106,7 +107,9 @@ class SemiSupervised:
         self.ema: nn.Module | None = None  # evaluation copy of D, holding the bias-corrected average
         self.sources: dict[str, torch.Tensor] = {}  # D's state (shares storage with its parameters)
         self.avg: dict[str, torch.Tensor] = {}  # zero-initialised moving averages, as the reference
-        self.updates = 0
+        # D updates so far, counted on the device so that a captured step (igan.capture) counts each
+        # replay; read on the host only when the average is used (epoch ends, checkpoints)
+        self.count = torch.zeros((), dtype=torch.long)
 
     @hookimpl
     def igan_train_start(self, run):
@@ -125,6 +128,11 @@ class SemiSupervised:
         self.ema = copy.deepcopy(run.discriminator).eval().requires_grad_(False)
         self.sources = run.discriminator.state_dict()
         self.avg = {k: torch.zeros_like(v) for k, v in self.sources.items() if v.is_floating_point()}
+        self.count = torch.zeros((), dtype=torch.long, device=run.device)
+
+    @property
+    def updates(self) -> int:
+        return int(self.count)
 
     @hookimpl
     def igan_discriminator_loss(self, step):
@@ -139,14 +147,15 @@ class SemiSupervised:
     @hookimpl
     def igan_after_optimizer_step(self, step, net):
         if net == "D":  # avg += (1 - decay) * (theta - avg)
-            self.updates += 1
+            self.count += 1
             for name, avg in self.avg.items():
                 avg.lerp_(self.sources[name], 1.0 - self.decay)
 
     def refresh(self) -> nn.Module:
         """Put the bias-corrected average avg / (1 - decay^t) into the evaluation copy of D."""
-        if self.updates:
-            correction = 1.0 - self.decay ** self.updates
+        updates = self.updates
+        if updates:
+            correction = 1.0 - self.decay ** updates
             state = {k: self.avg[k] / correction if k in self.avg else v for k, v in self.sources.items()}
         else:
             state = self.sources
@@ -166,11 +175,11 @@ class SemiSupervised:
     @hookimpl
     def igan_checkpoint_tensors(self, run):
         # avg.* resumes the average exactly; ema.* is the corrected average that `igan evaluate` uses
-        return {"updates": torch.tensor(self.updates), **{f"avg.{k}": v for k, v in self.avg.items()},
+        return {"updates": self.count.clone(), **{f"avg.{k}": v for k, v in self.avg.items()},
                 **{f"ema.{k}": v for k, v in self.refresh().state_dict().items()}}
 
     @hookimpl
     def igan_restore_tensors(self, run, tensors):
-        self.updates = int(tensors["updates"])
+        self.count.copy_(tensors["updates"])
         for name, avg in self.avg.items():
             avg.copy_(tensors[f"avg.{name}"])
