@@ -132,7 +132,9 @@ def _build(tmp_path, command="semisup", **options):
 
 @pytest.mark.parametrize("command,options", [
     ("semisup", {}), ("semisup", {"mbd": True}), ("semisup", {"vbn": True}), ("train", {}),
-    ("train", {"fm": True, "ls": True}), ("semisup", {"fm": False})], ids=["fm", "mbd", "vbn", "gan", "fm-ls", "no-fm"])
+    ("train", {"fm": True, "ls": True}), ("semisup", {"fm": False}),
+    ("semisup", {"pull_away": True, "cond_entropy": True, "low_density": True})],
+    ids=["fm", "mbd", "vbn", "gan", "fm-ls", "no-fm", "badgan"])
 def test_the_papers_techniques_are_capture_safe(tmp_path, command, options):
     run = _build(tmp_path, command, **options)
     assert capture.refusal([run], [run.opt_g, run.opt_d]) is None
@@ -140,7 +142,8 @@ def test_the_papers_techniques_are_capture_safe(tmp_path, command, options):
 
 @pytest.mark.parametrize("options,needles", [
     ({"ha": True}, ["historical_averaging", "igan_extra_loss", "capture_safe"]),
-    ({"adam": "torch"}, ["--adam torch"])], ids=["ha", "torch-adam"])
+    ({"adam": "torch"}, ["--adam torch"]),
+    ({"low_density": True, "ld_start": 5}, ["low_density", "capture_safe"])], ids=["ha", "torch-adam", "ld-start"])
 def test_refusals_name_the_reason(tmp_path, options, needles):
     run = _build(tmp_path, **options)
     reason = capture.refusal([run], [run.opt_g, run.opt_d])
@@ -177,7 +180,9 @@ def _host_state(obj, depth=0):
 
 
 @pytest.mark.parametrize("command,options", [("semisup", {"mbd": True}), ("train", {"fm": True, "ls": True}),
-                                             ("semisup", {"ha": True})], ids=["semisup-mbd", "train-fm-ls", "ha"])
+                                             ("semisup", {"ha": True}),
+                                             ("semisup", {"pull_away": True, "cond_entropy": True, "low_density": True})],
+                         ids=["semisup-mbd", "train-fm-ls", "ha", "badgan"])
 def test_capture_safe_plugins_keep_their_host_state_across_steps(tmp_path, single_thread, command, options):
     """What the declaration promises, checked on real steps: a capture-safe plugin's Python state
     (counters, lists, which tensors it holds) is the same after a step as before it, so running its

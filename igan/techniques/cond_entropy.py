@@ -33,6 +33,7 @@ def igan_addoption(parser):
 
 class ConditionalEntropy:
     parallel_safe = True  # a pure function of the step's logits (igan.parallel)
+    capture_safe = True  # the same device work at every step (igan.capture)
 
     def __init__(self, weight: float) -> None:
         self.weight = weight

@@ -74,6 +74,12 @@ class LowDensity:
     # the built-in model is fitted from the data alone (fixed seed), so every seed's model is the same.
     parallel_safe = True
 
+    @property
+    def capture_safe(self) -> bool:
+        """A captured step replays the same work every step, so the host-side test ``step.it < start``
+        would be frozen at capture time: safe only when the term applies from the first step."""
+        return self.start == 0
+
     def __init__(self, settings: dict) -> None:
         self.weight = settings["ld_weight"]
         self.quantile = settings["ld_quantile"]

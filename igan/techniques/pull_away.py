@@ -31,6 +31,7 @@ def igan_addoption(parser):
 
 class PullAway:
     parallel_safe = True  # a pure function of the step's features (igan.parallel)
+    capture_safe = True  # the same device work at every step (igan.capture)
 
     def __init__(self, weight: float) -> None:
         self.weight = weight
