@@ -36,6 +36,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# The configurations the protocol can run, by name: (recipe, extra igan semisup flags). ``badgan-ld`` is
+# the Bad-GAN MNIST combination (feature matching + the low-density term, igan.techniques.low_density).
+CONFIGS = {"reference": ("reference", []), "paper-v1": ("paper-v1", []), "badgan-ld": ("reference", ["--low-density"])}
 MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
                "t10k-labels-idx1-ubyte.gz")
 
@@ -52,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", type=Path, help="output folder (protocol.json, protocol.log, summary.md)")
     ap.add_argument("--seconds", type=float, default=510.0, help="training time of this call, all recipes (510)")
-    ap.add_argument("--recipes", default="reference,paper-v1", help="in this order, as time allows")
+    ap.add_argument("--recipes", default="reference,paper-v1",
+                    help=f"configurations, in this order, as time allows (of: {', '.join(CONFIGS)})")
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--labels", type=int, default=100)
     ap.add_argument("--epochs", type=int, default=300)
@@ -76,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     log = open(args.out / "protocol.log", "a", encoding="utf-8")
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    unknown = [r for r in recipes if r not in CONFIGS]
+    if unknown:
+        print(f"error: unknown configuration {', '.join(unknown)}\nhint: --recipes takes {', '.join(CONFIGS)}",
+              file=sys.stderr)
+        return 2
     before = {r: (_table(args.state, r, args.labels) or {}).get("epochs_done", 0) for r in recipes}
     calls = {}
     for recipe in recipes:
@@ -85,10 +94,12 @@ def main(argv: list[str] | None = None) -> int:
             continue
         cmd = [sys.executable, str(ROOT / "benchmarks" / "reproduce_mnist.py"), "--dataset", args.dataset,
                "--labels", str(args.labels), "--seeds", str(args.seeds), "--epochs", str(args.epochs),
-               "--device", args.device, "--parallel", "--recipe", recipe, "--out", str(args.state),
+               "--device", args.device, "--parallel", "--recipe", CONFIGS[recipe][0], "--tag", recipe,
+               "--out", str(args.state),
                "--max-seconds", str(round(left - 10)), *(["--data-dir", str(data_dir)] if data_dir else [])]
-        if args.extra:
-            cmd += ["--", *args.extra]
+        extra = [*CONFIGS[recipe][1], *args.extra]
+        if extra:
+            cmd += ["--", *extra]
         log.write(f"\n=== {' '.join(cmd)}\n")
         log.flush()
         print(f"{recipe}: up to {left - 10:.0f} s of training", file=sys.stderr, flush=True)

@@ -4,7 +4,7 @@
 # See benchmarks/device_protocol.py and docs/performance.md ("Running the MNIST protocol").
 #
 #   mkdir -p data/mnist && cp /work/shared/data/mnist/*.gz data/mnist/   # here, before the call
-#   bash benchmarks/device_protocol.sh OUT [--seconds 510] [--recipes reference,paper-v1] [-- igan flags]
+#   bash benchmarks/device_protocol.sh OUT [--seconds 510] [--recipes reference,paper-v1,badgan-ld] [-- igan flags]
 set -u
 OUT=${1:?usage: bash benchmarks/device_protocol.sh OUT [--seconds S] [--recipes a,b]}
 shift

@@ -90,6 +90,19 @@ def test_device_protocol_trains_both_recipes_and_resumes(tmp_path):
     _returned_files_ok(out)
 
 
+def test_device_protocol_runs_the_bad_gan_combination(tmp_path):
+    """badgan-ld: the reference recipe plus --low-density, in its own folder of the state."""
+    out, state = tmp_path / "out", tmp_path / "state"
+    result = _protocol(out, state, "--epochs", "1", "--recipes", "badgan-ld")
+    assert list(result) == ["badgan-ld"] and result["badgan-ld"]["finished"]
+    config = json.loads((state / "badgan-ld" / "labels50" / "seed1" / "config.json").read_text())
+    assert config["options"]["low_density"] is True and config["recipe"] == "reference"
+    proc = subprocess.run([sys.executable, str(BENCH / "device_protocol.py"), str(out), "--dataset", "digits",
+                           "--recipes", "nope"], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and "badgan-ld" in proc.stderr
+
+
 def test_device_protocol_wants_mnist_in_the_checkout(tmp_path):
     proc = subprocess.run([sys.executable, str(BENCH / "device_protocol.py"), str(tmp_path / "out"), "--data-dir",
                            str(tmp_path / "nothing")], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
