@@ -327,7 +327,7 @@ def test_memory_is_checked_before_decoding(tmp_path, load, monkeypatch):
 
     root = flat_folder(tmp_path / "m", n=4)
     monkeypatch.setattr(memory, "available_host_memory", lambda: 1000)
-    with pytest.raises(IganError, match=r"decoding the 4 images .* at 32x32 needs 12.0 KiB of host memory, "
+    with pytest.raises(IganError, match=r"the folder .*m \(4 images at 32x32\) needs 12.0 KiB of host memory, "
                                         r"but only 1000 B is free"):
         load(root)
     assert not (tmp_path / "cache").exists()  # refused before any work
@@ -508,3 +508,19 @@ def test_scan_lists_files_relative_and_sorted(tmp_path):
     tree = scan_tree(root)
     assert [f.rel for f in tree.files] == ["a/0.webp", "a/1.JPG", "b/2.png", "c.bmp"]
     assert tree.others == ["x.gif"]
+
+
+def test_leftovers_of_dead_builds_are_removed_but_young_ones_kept(tmp_path, load):
+    root = flat_folder(tmp_path / "l", n=3)
+    load(root)
+    (folder,) = _cache_dirs(tmp_path)
+    old_array, young_array = folder / "images-dead00000000.npy", folder / "images-other0000000.npy"
+    old_part = folder / ".images-dead.npy.part"
+    for p in (old_array, young_array, old_part):
+        p.write_bytes(b"x")
+    for p in (old_array, old_part):
+        os.utime(p, (0, 0))  # 1970: a build that died long ago
+    solid(root / "new.png", (1, 1, 1))
+    load(root)  # a rebuild cleans up
+    assert not old_array.exists() and not old_part.exists()
+    assert young_array.exists()  # may be another process's build in progress

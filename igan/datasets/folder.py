@@ -260,11 +260,9 @@ def load_folder(data_dir: Path | str | None, download: bool = False, *, image_si
     broken = {**train_tree.broken, **test_tree.broken}
 
     # ---- pixels, from the cache when it is valid
-    n_bytes_hint = ("use a smaller --image-size, fewer images, or a machine with more memory")
-
     def check_memory(nbytes: int) -> None:
-        require_memory(nbytes, "cpu", f"decoding the {len(files)} images of {root} at {image_size}x{image_size}",
-                       hint=n_bytes_hint)
+        require_memory(nbytes, "cpu", f"the folder {root} ({len(files)} images at {image_size}x{image_size})",
+                       hint="use a smaller --image-size, fewer images, or a machine with more memory")
 
     decoded = load_or_build(root, files, image_size, mode, Path(cache_dir) if cache_dir else None, workers,
                             progress, check_memory)

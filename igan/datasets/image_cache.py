@@ -227,6 +227,7 @@ def _write(folder: Path, pixels: np.ndarray, manifest: dict) -> None:
     finally:
         part.unlink(missing_ok=True)
     manifest = {**manifest, "images": name}
+    previous = _read_manifest(folder)
     fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".part", dir=folder)
     os.close(fd)
     try:
@@ -237,20 +238,23 @@ def _write(folder: Path, pixels: np.ndarray, manifest: dict) -> None:
         (folder / name).unlink(missing_ok=True)  # never referenced: the old manifest stays in charge
         raise
     _fsync_dir(folder)
-    _remove_leftovers(folder, keep=name)
+    _remove_leftovers(folder, replaced=previous.get("images") if previous else None, keep=name)
 
 
-def _remove_leftovers(folder: Path, keep: str) -> None:
-    """Arrays no manifest refers to any more, and .part files of builds that died (best effort)."""
-    current = _read_manifest(folder)
-    keep_names = {keep, current.get("images") if current else None}
+def _remove_leftovers(folder: Path, replaced: str | None, keep: str) -> None:
+    """Best effort: the array the new manifest replaced, and arrays and .part files that no manifest has
+    referred to for an hour (builds that died). A younger unreferenced array may belong to a build still
+    running in another process (torchrun ranks share the cache), so it is left alone."""
     now = time.time()
     for p in folder.iterdir():
         try:
-            if p.name.startswith("images-") and p.suffix == ".npy" and p.name not in keep_names:
+            if p.name == keep:
+                continue
+            if p.name == replaced and p.name.startswith("images-"):
                 p.unlink()
-            elif p.name.endswith(".part") and now - p.stat().st_mtime > _STALE_PART_S:
-                p.unlink()
+            elif (p.name.startswith("images-") and p.suffix == ".npy") or p.name.endswith(".part"):
+                if now - p.stat().st_mtime > _STALE_PART_S:
+                    p.unlink()
         except OSError:
             pass
 
