@@ -73,9 +73,10 @@ def scan_tree(root: Path, prefix: str = "", skip: tuple[str, ...] = ()) -> Tree:
     entries to leave out, ``prefix`` is prepended to every relative path."""
     tree = Tree(Path(root))
     seen: set[tuple[int, int]] = set()
-    stack = [(Path(root), prefix)]
+    stack = [(str(root), prefix)]
     while stack:
         folder, rel = stack.pop()
+        top = rel == prefix  # the root itself (``skip`` applies there only)
         try:
             st = os.stat(folder)
         except OSError as exc:
@@ -88,14 +89,14 @@ def scan_tree(root: Path, prefix: str = "", skip: tuple[str, ...] = ()) -> Tree:
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as exc:
-            if folder == Path(root):
+            if top:
                 raise IganError(f"cannot read the folder {folder}: {exc.strerror or exc}",
                                 hint="check its permissions") from None
             tree.broken[rel.rstrip("/")] = f"folder: {exc.strerror or exc}"
             continue
         for entry in entries:
             name = entry.name
-            if name.startswith(".") or (folder == Path(root) and name in skip):
+            if name.startswith(".") or (top and name in skip):
                 continue
             path = f"{rel}{name}"
             try:
@@ -103,7 +104,7 @@ def scan_tree(root: Path, prefix: str = "", skip: tuple[str, ...] = ()) -> Tree:
             except OSError:
                 is_dir = False
             if is_dir:
-                stack.append((Path(entry.path), path + "/"))
+                stack.append((entry.path, path + "/"))
                 continue
             if not name.lower().endswith(IMAGE_EXTENSIONS):
                 tree.others.append(path)
@@ -302,7 +303,8 @@ def load_folder(data_dir: Path | str | None, download: bool = False, *, image_si
         raise IganError(f"no readable training images below {train_where}", hint="add images, or fix the unreadable ones")
     if has_test and test_idx.size == 0:
         raise IganError(f"none of the images in {root / 'test'} can be read", hint="fix or remove them")
-    x_train = pixels[torch.from_numpy(train_idx)]
+    everything = train_idx.size == pixels.shape[0]  # nothing held out: no copy
+    x_train = pixels if everything else pixels[torch.from_numpy(train_idx)]
     x_test = pixels[torch.from_numpy(test_idx)] if test_idx.size else None
     y_train = torch.from_numpy(labels[train_idx])
     y_test = torch.from_numpy(labels[test_idx]) if test_idx.size else None
