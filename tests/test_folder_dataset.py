@@ -524,3 +524,29 @@ def test_leftovers_of_dead_builds_are_removed_but_young_ones_kept(tmp_path, load
     load(root)  # a rebuild cleans up
     assert not old_array.exists() and not old_part.exists()
     assert young_array.exists()  # may be another process's build in progress
+
+
+def test_the_option_defaults_are_the_loaders():
+    from igan.datasets import folder, user_data
+
+    assert user_data.DEFAULTS["image_size"] == folder.DEFAULT_SIZE
+    assert user_data.DEFAULTS["test_fraction"] == folder.DEFAULT_TEST_FRACTION
+    assert user_data.DEFAULTS["image_mode"] == folder.MODES[0] == "auto"
+
+
+def test_a_progress_bar_while_decoding_on_a_terminal(monkeypatch, tmp_path):
+    from igan import console
+
+    monkeypatch.setattr(console, "_live", lambda: False)
+    assert image_cache._Progress(5, enabled=True).bar is None  # a log file gets the summary line only
+    monkeypatch.setattr(console, "_live", lambda: True)
+    seen = []
+    real = image_cache._Progress.advance
+
+    def advance(self, n=1):
+        real(self, n)
+        seen.append(self.bar.tasks[0].completed)
+
+    monkeypatch.setattr(image_cache._Progress, "advance", advance)
+    load_folder(flat_folder(tmp_path / "p", n=4), image_size=32, cache_dir=tmp_path / "c", workers=1)
+    assert seen == [1, 2, 3, 4]

@@ -142,8 +142,9 @@ def test_the_cache_is_built_once_across_runs(run_cli, pets, tmp_path):
     args = ["train", "--dataset", "folder", "--data-dir", pets, "--image-size", "32", "--steps", "1", *SMALL]
     code, _, err = run_cli([*args, "--out", tmp_path / "a"])
     assert code == 0 and "image cache built: decoded 18 images" in err
+    assert "18 images of 3x32x32, 54.0 KiB" in err  # the size is reported (18 * 3 * 32 * 32 bytes)
     code, _, err = run_cli([*args, "--out", tmp_path / "b"])
-    assert code == 0 and "unchanged since it was built" in err
+    assert code == 0 and "unchanged since it was built" in err and "54.0 KiB" in err
     assert _config(tmp_path / "a")["dataset_info"]["fingerprint"] == _config(tmp_path / "b")["dataset_info"]["fingerprint"]
 
 
