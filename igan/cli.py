@@ -42,7 +42,8 @@ def _core_parameters(command: str) -> list[inspect.Parameter]:
                  annotation=Annotated[annotation, typer.Option(*flags, rich_help_panel=panel, **kw)])
 
     return [
-        opt("dataset", str, "digits", "--dataset", help="digits (embedded), mnist, cifar10, svhn, folder (your images), npz, or a plugin's"),
+        opt("dataset", str, "digits", "--dataset",
+            help="digits (embedded), mnist, cifar10, svhn, folder (your images), npz, or a plugin's"),
         opt("data_dir", Optional[Path], None, "--data-dir", help="folder holding the dataset's files"),
         opt("download", bool, False, "--download", help="fetch missing dataset files (checksums verified)"),
         opt("epochs", Optional[int], None, "--epochs", min=1, help="epochs (default: the model's)"),

@@ -248,7 +248,7 @@ def build_run(config: RunConfig, pm: pluggy.PluginManager, run_dir: Path | None 
     if device.type != "cpu":  # the whole set moves to the device: refuse it there if it cannot fit
         from igan.datasets.memory import require_memory
 
-        require_memory(dataset_bytes(dataset), device, f"dataset {dataset.name} ({dataset.x_train.shape[0]} "
+        require_memory(dataset.nbytes, device, f"dataset {dataset.name} ({dataset.x_train.shape[0]} "
                        f"training images of {'x'.join(map(str, dataset.image_shape))})",
                        hint="use fewer or smaller images, or a device with more free memory")
     dataset = dataset.to(device)
@@ -307,12 +307,6 @@ def build_run(config: RunConfig, pm: pluggy.PluginManager, run_dir: Path | None 
     fixed = torch.Generator().manual_seed(config.seed + 1)
     run.fixed_z = sample_z(64, models.z_dim, models.z_dist, "cpu", generator=fixed).to(device)
     return run
-
-
-def dataset_bytes(dataset: ImageDataset) -> int:
-    """Bytes the dataset's tensors take (what moving it to the training device needs)."""
-    return sum(t.numel() * t.element_size() for t in (dataset.x_train, dataset.y_train, dataset.x_test,
-                                                     dataset.y_test) if t is not None)
 
 
 def _executors(config: RunConfig, device: torch.device, models: Models, g_exec: nn.Module,

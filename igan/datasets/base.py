@@ -49,6 +49,12 @@ class ImageDataset:
                              f"{self.y_train.shape[0]} labels")
 
     @property
+    def nbytes(self) -> int:
+        """Bytes its tensors take: what moving it to the training device needs."""
+        return sum(t.numel() * t.element_size() for t in (self.x_train, self.y_train, self.x_test, self.y_test)
+                   if t is not None)
+
+    @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
 

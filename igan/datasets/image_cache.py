@@ -335,7 +335,8 @@ def load_or_build(root: Path, files: Sequence[FileStat], size: int, mode: str, b
         pixels = np.ascontiguousarray(good[:, :1])
     else:
         pixels = good
-    del good, buffer
+    del good
+    buffer = None  # frees the 3-channel buffer when only a 1-channel copy is kept
     seconds = time.perf_counter() - t0
     status = "updated" if len(todo) < n else "built"
     manifest = {"version": CACHE_VERSION, **settings, "shape": list(pixels.shape),
