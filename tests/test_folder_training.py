@@ -213,3 +213,17 @@ def test_fid_statistics_of_two_folders_are_cached_apart(tmp_path, monkeypatch):
     mu_b, _, path_b = evaluate._real_statistics(b, "train", 6, weights, None, torch.device("cpu"))
     assert path_a != path_b and a.info["fingerprint"] in path_a.name
     assert not torch.equal(mu_a, mu_b)
+
+
+def test_a_dataset_too_large_for_the_training_device_is_refused(run_cli, pets, tmp_path, monkeypatch):
+    """build_run checks the device's free memory before moving the whole set there (a GPU, here faked)."""
+    from igan import train
+    from igan.datasets import memory
+
+    monkeypatch.setattr(train, "resolve_device", lambda name: torch.device("meta"))
+    monkeypatch.setattr(memory, "free_device_memory", lambda device: None if torch.device(device).type == "cpu"
+                        else 1000)
+    code, out, err = run_cli(["train", "--dataset", "folder", "--data-dir", pets, "--image-size", "32", "--steps", "1",
+                              *SMALL, "--out", tmp_path / "x"])
+    # 18 images of 3x32x32 (55296 bytes) plus their int64 labels (144 bytes)
+    assert_clean_error(code, out, err, 1, "needs 54.1 KiB of meta memory, but only 1000 B is free")
