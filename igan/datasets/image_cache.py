@@ -19,8 +19,9 @@ rewritten with the same size and the same mtime is not noticed.
 Atomic: the new array goes to a hidden ``.part`` file that is fsynced and renamed to a fresh
 ``images-<id>.npy``; only then is the manifest replaced (again write, fsync, rename). A crash or Ctrl-C
 at any point leaves either the previous manifest with its complete array or no manifest, never a
-manifest that points at a half-written array; leftovers are removed by the next build. When the cache
-cannot be written (no space, read-only cache folder) the images are decoded anyway, with a warning.
+manifest that points at a half-written array; leftovers of a build that died are removed by a later build
+once they are an hour old. When the cache cannot be written (no space, read-only cache folder) the images
+are decoded anyway, with a warning.
 """
 
 from __future__ import annotations
