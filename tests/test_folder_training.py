@@ -34,12 +34,14 @@ def _config(run: Path) -> dict:
     return json.loads((run / "config.json").read_text())
 
 
-@pytest.mark.parametrize("size, model, steps", [(32, "cifar_conv", 2), (64, "dcgan64_conv", 2),
-                                                (128, "dcgan128_conv", 1)])
-def test_train_on_a_folder_at_each_size(run_cli, pets, tmp_path, size, model, steps):
+@pytest.mark.parametrize("size, model, steps, flags", [
+    (32, "cifar_conv", 2, []), (64, "dcgan64_conv", 2, []),
+    (128, "dcgan128_conv", 1, ["--fm", "--mbd", "--vbn", "--ha", "--ls"]),  # one step: slow on a CPU
+])
+def test_train_on_a_folder_at_each_size(run_cli, pets, tmp_path, size, model, steps, flags):
     out = tmp_path / "run"
     code, stdout, err = run_cli(["train", "--dataset", "folder", "--data-dir", pets, "--image-size", size,
-                                 "--steps", steps, *SMALL, "--out", out])
+                                 "--steps", steps, *SMALL, "--out", out, *flags])
     assert code == 0, err
     assert stdout == f"{out}\n"
     cfg = _config(out)
