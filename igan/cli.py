@@ -42,7 +42,8 @@ def _core_parameters(command: str) -> list[inspect.Parameter]:
                  annotation=Annotated[annotation, typer.Option(*flags, rich_help_panel=panel, **kw)])
 
     return [
-        opt("dataset", str, "digits", "--dataset", help="digits (embedded), mnist, cifar10, svhn, or a plugin's"),
+        opt("dataset", str, "digits", "--dataset",
+            help="digits (embedded), mnist, cifar10, svhn, folder (your images), npz, or a plugin's"),
         opt("data_dir", Optional[Path], None, "--data-dir", help="folder holding the dataset's files"),
         opt("download", bool, False, "--download", help="fetch missing dataset files (checksums verified)"),
         opt("epochs", Optional[int], None, "--epochs", min=1, help="epochs (default: the model's)"),
@@ -76,7 +77,8 @@ def _core_parameters(command: str) -> list[inspect.Parameter]:
             help="reference: Adam with eps inside the square root, as the paper's code; torch: torch.optim.Adam"),
         opt("disable_plugin", Optional[list[str]], None, "--disable-plugin", help="block a plugin by name"),
         opt("model", Optional[str], None, "--model", panel=MODEL_PANEL,
-            help="model pair (default: the dataset's): digits_mlp, mnist_mlp, cifar_conv, svhn_conv"),
+            help="model pair (default: the dataset's): digits_mlp, mnist_mlp, cifar_conv, svhn_conv, "
+                 "dcgan64_conv, dcgan128_conv"),
         opt("wn", Optional[bool], None, "--wn/--no-wn", panel=MODEL_PANEL,
             help="weight normalisation with data-dependent init (default on, as the reference nets)"),
         opt("noise", Optional[bool], None, "--d-noise/--no-d-noise", panel=MODEL_PANEL,

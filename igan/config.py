@@ -43,6 +43,7 @@ class RunConfig:
     log_every: int = 50
     checkpoint_every: int | None = None  # steps; default: once per epoch and at the end
     num_classes: int | None = None  # set from the dataset when the run is built
+    dataset_info: dict[str, Any] = field(default_factory=dict)  # ImageDataset.info, set with num_classes
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # architecture switches (wn, noise, ...)
     options: dict[str, Any] = field(default_factory=dict)  # plugin options, by option name
     # The settings typed on the command line (core names, model switches, plugin option names), so a

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from igan import losses
 from igan.datasets.base import DatasetSpec
-from igan.models import ModelDef, build_conv, build_mlp
+from igan.models import ModelDef, build_conv, build_dcgan, build_mlp
 from igan.plugins import hookimpl
 
 MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
@@ -66,6 +66,13 @@ def igan_register_models(register):
     register(ModelDef("svhn_conv", build_conv, {"widths": (64, 128)},
                       {"batch_size": 100, "lr": 3e-4, "epochs": 900, "lr_decay_from": 600},
                       "paper SVHN conv pair (D widths 64/128)"))
+    # DCGAN-style pairs for 64x64 and 128x128 images, after the paper's ImageNet experiment (§6.4;
+    # paper-notes §2.7: Adam lr 4e-4, batch 64); chosen by image size for --dataset folder / npz.
+    for size in (64, 128):
+        register(ModelDef(f"dcgan{size}_conv", build_dcgan, {"image_size": size},
+                          {"batch_size": 64, "lr": 4e-4, "epochs": 100},
+                          f"DCGAN-style pair for {size}x{size} images (paper ImageNet setting: strided "
+                          "transposed convs + BN in G, WN conv D)"))
 
 
 @hookimpl(trylast=True)

@@ -271,7 +271,9 @@ def _real_statistics(ds, split: str, n: int, weights: Path, model, device: torch
     from igan.metrics import feature_statistics
     from igan.metrics.classifier import dataset_uint8
 
-    path = _fid_cache_path(ds.name, split, n, weights)
+    # a user's folder or .npz is named by its content, so two folders never share statistics
+    fingerprint = ds.info.get("fingerprint")
+    path = _fid_cache_path(f"{ds.name}-{fingerprint}" if fingerprint else ds.name, split, n, weights)
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as data:
@@ -313,7 +315,8 @@ def fid_metric(images: torch.Tensor, context: dict[str, Any]) -> dict[str, Any]:
     device = context["device"]
     weights = _resolve_weights(context.get("inception_weights"), bool(context.get("download")))
     model = _load_inception({**context, "inception_weights": weights})
-    ds, _ = load_dataset(context["pm"], name, context.get("data_dir"), bool(context.get("download")))
+    ds, _ = load_dataset(context["pm"], name, context.get("data_dir"), bool(context.get("download")),
+                         context.get("config"))
     pool, _ = _inception_pool_logits(model, _rgb(images), device, "samples")
     n_real = min(images.shape[0], ds.x_train.shape[0])
     mu_r, sigma_r, cache = _real_statistics(ds, "train", n_real, weights, model, device)
@@ -366,7 +369,7 @@ def checkpoint_test_error(restored, data_dir: str | None = None, download: bool 
     config = restored.config
     d, used_ema = evaluation_discriminator(restored)
     pm = pm or _plugin_manager()
-    ds, _ = load_dataset(pm, config.dataset, data_dir or config.data_dir, download)
+    ds, _ = load_dataset(pm, config.dataset, data_dir or config.data_dir, download, config)
     if ds.x_test is None:
         raise IganError(f"dataset {config.dataset!r} has no test split", hint="use a dataset with a test split")
     x, y = ds.x_test, ds.y_test

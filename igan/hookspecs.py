@@ -74,6 +74,9 @@ def igan_register_datasets(register: Callable[..., None]) -> None:
     """Add datasets: call ``register(DatasetSpec(...))`` once per dataset.
 
     Fires when the dataset registry is needed. A name registered twice is an error naming the dataset.
+    ``loader(data_dir, download)`` returns the ``ImageDataset``; a loader with a ``config`` parameter also
+    receives the run's ``RunConfig`` (None outside a run). ``default_model`` is a model name or a function
+    of the loaded dataset returning one.
     """
 
 

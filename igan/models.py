@@ -23,7 +23,7 @@ from torch import nn
 
 from igan.layers import BatchNormNoScale, GaussianNoise, data_dependent_init, weight_norm
 
-__all__ = ["DOut", "Discriminator", "Generator", "Models", "ModelDef", "build_mlp", "build_conv",
+__all__ = ["DOut", "Discriminator", "Generator", "Models", "ModelDef", "build_mlp", "build_conv", "build_dcgan",
            "initialize_from_data", "sample_z"]
 
 
@@ -252,6 +252,75 @@ def build_conv(image_shape: tuple[int, int, int], num_logits: int, *, widths: tu
         return _linear(fin_, k, wn=wn, init_scale=0.1, train_g=True)
 
     return Models(generator, Discriminator(trunk, b, num_logits, make_out), z_dim, z_dist)
+
+
+# ----------------------------------------------------------------------------------------------
+# the DCGAN-style pair for 64x64 and 128x128 images (paper §6.4, the ImageNet 128x128 experiment;
+# reference imagenet/generator.py and discriminator.py; paper-notes §2.7)
+
+
+def build_dcgan(image_shape: tuple[int, int, int], num_logits: int, *, z_dim: int = 100, z_dist: str = "uniform",
+                g_base: int = 512, g_min: int = 64, d_base: int = 64, d_max: int = 512, features: int = 512,
+                wn: bool = True, noise: bool = True, dropout: bool = False, image_size: int | None = None,
+                value_range: tuple[float, float] = (-1.0, 1.0)) -> Models:
+    """G: z -> dense 4x4 x g_base -> [5x5 stride-2 transposed conv, batch norm (no scale), ReLU] halving the
+    width down to ``g_min`` until half the image size -> 5x5 stride-2 transposed conv to C channels,
+    weight-normed (trainable g, init scale 0.1), tanh. For 128 px the widths are 512, 256, 128, 64, 64, as
+    the reference ImageNet G (gf_dim 64); ``--vbn`` replaces every batch norm (§3.5).
+
+    D: Gaussian noise N(0, 0.1^2) on the input (``noise``, the reference ImageNet D) -> [3x3 stride-2
+    conv, lReLU 0.2] doubling the width from ``d_base`` up to ``d_max`` until 4x4 -> dense ``features``,
+    lReLU (the feature layer f, as the reference's dense h7) -> [minibatch slot] -> weight-normed head.
+    Every layer of D is weight-normed with data-dependent init (``wn``, as the paper's CIFAR D) in place
+    of the reference's batch norm, which would mix the separate real/fake/labelled passes. ``dropout``
+    adds dropout 0.2 on the input and 0.5 before the dense layer. ``image_size`` (fixed by the registered
+    pairs) refuses data of another size."""
+    c, h, w = image_shape
+    if image_size is not None and (h, w) != (image_size, image_size):
+        from igan.errors import UsageError
+
+        raise UsageError(f"this DCGAN pair is for {image_size}x{image_size} images, the data are {h}x{w}",
+                         hint="leave out --model to get the pair that fits the image size (dcgan64_conv, "
+                              "dcgan128_conv, cifar_conv for 32)")
+    steps = int(round(math.log2(h / 4))) if h >= 8 else 0
+    if h != w or steps < 1 or 4 * 2 ** steps != h:
+        raise ValueError(f"the DCGAN models expect square images of 8, 16, 32, 64, 128... pixels, got {h}x{w}")
+
+    def deconv(cin: int, cout: int, bias: bool) -> nn.ConvTranspose2d:
+        layer = nn.ConvTranspose2d(cin, cout, 5, 2, padding=2, output_padding=1, bias=bias)
+        nn.init.normal_(layer.weight, std=0.05)
+        if bias:
+            nn.init.zeros_(layer.bias)
+        return layer
+
+    fc = nn.Linear(z_dim, 4 * 4 * g_base, bias=False)  # BN's shift replaces every hidden bias
+    nn.init.normal_(fc.weight, std=0.05)
+    g_layers: list[nn.Module] = [fc, nn.Unflatten(1, (g_base, 4, 4)), BatchNormNoScale(g_base), nn.ReLU()]
+    width = g_base
+    for _ in range(steps - 1):
+        out = max(width // 2, g_min)
+        g_layers += [deconv(width, out, bias=False), BatchNormNoScale(out), nn.ReLU()]
+        width = out
+    last = deconv(width, c, bias=True)
+    if wn:
+        last = weight_norm(last, init_scale=0.1, train_g=True)
+    g_layers += [last, _output_activation(value_range)]
+    generator = Generator(nn.Sequential(*g_layers), image_shape)
+
+    act = lambda: nn.LeakyReLU(0.2)  # noqa: E731
+    d_layers: list[nn.Module] = [GaussianNoise(0.1) if noise else nn.Identity(),
+                                 nn.Dropout(0.2) if dropout else nn.Identity()]
+    width, cin = d_base, c
+    for _ in range(steps):
+        d_layers += [_conv(cin, width, 3, 2, 1, wn=wn), act()]
+        cin, width = width, min(width * 2, d_max)
+    d_layers += [nn.Flatten(), nn.Dropout(0.5) if dropout else nn.Identity(),
+                 _linear(cin * 4 * 4, features, wn=wn), act()]
+
+    def make_out(fin_: int, k: int) -> nn.Module:
+        return _linear(fin_, k, wn=wn, init_scale=0.1, train_g=True)
+
+    return Models(generator, Discriminator(nn.Sequential(*d_layers), features, num_logits, make_out), z_dim, z_dist)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ def run_semisup(config, pms, seeds: int = 1, baseline: bool | None = None, paral
     runs = [_summarise(s, cfg) for s, cfg in zip(train_configs(configs, pms, parallel), configs)]
     errors = [r["test_errors"] for r in runs]
     n_test = runs[0]["test_size"]
-    result: dict[str, Any] = {**runs[0], "labels": labels_for(config), "dataset": config.dataset,
+    result: dict[str, Any] = {**runs[0], "labels": labels_for(configs[0]), "dataset": config.dataset,
                               "supervised_only": bool(config.opt("supervised_only")), "run_dir": str(base_dir)}
     if seeds > 1:
         mean = statistics.fmean(errors)

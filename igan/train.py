@@ -245,11 +245,18 @@ def build_run(config: RunConfig, pm: pluggy.PluginManager, run_dir: Path | None 
     dist, device_name = setup(config.device)
     device = resolve_device(device_name)
     torch.manual_seed(config.seed)  # the same on every rank: identical initial weights
-    dataset, spec = load_dataset(pm, config.dataset, config.data_dir, config.download)
+    dataset, spec = load_dataset(pm, config.dataset, config.data_dir, config.download, config)
+    if device.type != "cpu":  # the whole set moves to the device: refuse it there if it cannot fit
+        from igan.datasets.memory import require_memory
+
+        require_memory(dataset.nbytes, device, f"dataset {dataset.name} ({dataset.x_train.shape[0]} "
+                       f"training images of {'x'.join(map(str, dataset.image_shape))})",
+                       hint="use fewer or smaller images, or a device with more free memory")
     dataset = dataset.to(device)
     config.num_classes = dataset.num_classes
+    config.dataset_info = dict(dataset.info)
     models_by_name = model_registry(pm)
-    config.model = config.model or spec.default_model
+    config.model = config.model or spec.model_for(dataset)
     if config.model not in models_by_name:
         raise UsageError(f"unknown model {config.model!r}", hint=f"choose one of: {', '.join(sorted(models_by_name))}")
     model_def = models_by_name[config.model]
@@ -487,6 +494,12 @@ def check_compatible(config: RunConfig, meta: dict[str, Any], path: Path, parser
     if saved.model != config.model or saved.model_kwargs != config.model_kwargs:
         raise IganError(f"{path} was made with model {saved.model} {saved.model_kwargs}, this run uses "
                         f"{config.model} {config.model_kwargs}", hint="resume with the settings the checkpoint was made with")
+    before, now = saved.dataset_info.get("fingerprint"), config.dataset_info.get("fingerprint")
+    if before and now and before != now:
+        raise IganError(f"{path} was trained on other data than {config.dataset} {config.data_dir or ''} holds now "
+                        f"(fingerprint {before} then, {now} now: images were added, removed or changed, or the "
+                        "size or split differs)",
+                        hint="resume with the data and dataset options the run was trained on, or start a new run")
     specs = parser.options if parser is not None else {}
     diff = {}
     for k, v in config.options.items():

@@ -23,9 +23,22 @@ def dataset_registry(pm) -> dict[str, DatasetSpec]:
     return specs
 
 
-def load_dataset(pm, name: str, data_dir: str | None, download: bool) -> tuple[ImageDataset, DatasetSpec]:
+def load_dataset(pm, name: str, data_dir: str | None, download: bool,
+                 config=None) -> tuple[ImageDataset, DatasetSpec]:
+    """Load dataset ``name``; ``config`` (the run's ``RunConfig``) goes to loaders that take it."""
     specs = dataset_registry(pm)
     if name not in specs:
         raise UsageError(f"unknown dataset {name!r}", hint=f"choose one of: {', '.join(sorted(specs))}")
     spec = specs[name]
-    return spec.loader(Path(data_dir) if data_dir else None, download), spec
+    extra = {"config": config} if _takes_config(spec.loader) else {}
+    return spec.loader(Path(data_dir) if data_dir else None, download, **extra), spec
+
+
+def _takes_config(loader) -> bool:
+    import inspect
+
+    try:
+        params = inspect.signature(loader).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: the plain (data_dir, download) form
+        return False
+    return "config" in params

@@ -36,6 +36,9 @@ class ImageDataset:
     max_value: int = 255  # largest raw pixel value (the embedded digits use 0..16)
     source: str = ""  # where the data came from, for logs and the run config
     class_names: tuple[str, ...] = field(default_factory=tuple)
+    # JSON-ready facts about where the data came from (layout, split, cache, skipped files), recorded as
+    # ``dataset_info`` in config.json; a ``fingerprint`` entry identifies the exact data for --resume.
+    info: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.x_train.dtype != torch.uint8 or self.x_train.dim() != 4:
@@ -44,6 +47,12 @@ class ImageDataset:
         if self.y_train.shape[0] != self.x_train.shape[0]:
             raise ValueError(f"{self.name}: {self.x_train.shape[0]} images but "
                              f"{self.y_train.shape[0]} labels")
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes its tensors take: what moving it to the training device needs."""
+        return sum(t.numel() * t.element_size() for t in (self.x_train, self.y_train, self.x_test, self.y_test)
+                   if t is not None)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -80,10 +89,19 @@ Loader = Callable[[Path | None, bool], ImageDataset]
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """One registry entry: a name, how to load it, and the model pair that fits it by default."""
+    """One registry entry: a name, how to load it, and the model pair that fits it by default.
+
+    ``default_model`` is a model name, or a function of the loaded dataset that returns one (for sets
+    whose image size is chosen by the user: ``--dataset folder``). A loader that accepts a ``config``
+    keyword also receives the run's ``RunConfig`` (its options, ``command``, ``seed``); ``None`` when
+    there is no run (``igan evaluate`` of a file)."""
 
     name: str
     loader: Loader
-    default_model: str
+    default_model: str | Callable[[ImageDataset], str]
     description: str = ""
     files: tuple[str, ...] = ()  # the files it reads, for error messages and docs
+
+    def model_for(self, dataset: ImageDataset) -> str:
+        """The model pair to use for ``dataset`` when ``--model`` is not given."""
+        return self.default_model(dataset) if callable(self.default_model) else self.default_model

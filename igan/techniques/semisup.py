@@ -43,7 +43,7 @@ def igan_addoption(parser):
     panel = "Semi-supervised"
     parser.add("labels", int, None, min=1, commands=SEMISUP, panel=panel,
                help="number of labelled examples, class-balanced (default: 100 mnist, 4000 cifar10, "
-                    "1000 svhn, 50 digits)")
+                    "1000 svhn, 50 digits, else 10 per class)")
     parser.add("label_seed", int, 1, commands=SEMISUP, panel=panel,
                help="seed of the labelled split (reference seed_data, default 1)")
     parser.add("unlabeled_weight", float, 1.0, min=0.0, commands=SEMISUP, panel=panel,
@@ -55,7 +55,8 @@ def igan_addoption(parser):
 
 
 def labels_for(config) -> int:
-    return config.opt("labels") or DEFAULT_LABELS.get(config.dataset, 100)
+    """--labels, else the paper's count for the dataset, else 10 per class (a folder or .npz of K classes)."""
+    return config.opt("labels") or DEFAULT_LABELS.get(config.dataset) or 10 * (config.num_classes or 10)
 
 
 @hookimpl
