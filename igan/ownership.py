@@ -62,8 +62,8 @@ def plugin_records(pm: pluggy.PluginManager, parser, config) -> dict[str, dict[s
     infos = getattr(pm, "igan_infos", {})
     plugins = [name for name, info in infos.items() if info.error is None and pm.get_plugin(name) is not None]
     objects: dict[str, list[str]] = {}
-    for name, _ in pm.list_name_plugin():
-        owner = owner_of(name, plugins)
+    for name, plugin in pm.list_name_plugin():
+        owner = owner_of(name, plugins) if plugin is not None else None
         if owner is not None and name != owner:
             objects.setdefault(owner, []).append(name)
     records = {}
@@ -100,7 +100,7 @@ def _missing(meta: dict[str, Any], keys: Iterable[str], pm: pluggy.PluginManager
     played no part in the run)."""
     records = meta.get(RECORDS_KEY) if isinstance(meta.get(RECORDS_KEY), dict) else {}
     values = dict(meta.get("config", {}).get("options", {}))
-    present = {name for name, _ in pm.list_name_plugin()}
+    present = {name for name, plugin in pm.list_name_plugin() if plugin is not None}  # blocked: None
     objects = {o: name for name, r in records.items() for o in r.get("objects", [])}
     owners = tensor_objects(keys, [*objects, *present])
     missing, unused = [], set()
@@ -160,7 +160,7 @@ def check_resume(path, meta: dict[str, Any], keys: Iterable[str], pm: pluggy.Plu
 def check_tensor_owners(path, keys: Iterable[str], pm: pluggy.PluginManager) -> None:
     """After ``igan_configure``: every ``plugin.<name>.*`` tensor of the checkpoint belongs to an object
     registered now (a plugin that is installed but did not register the object would lose its state)."""
-    owners = tensor_objects(keys, [name for name, _ in pm.list_name_plugin()])
+    owners = tensor_objects(keys, [name for name, plugin in pm.list_name_plugin() if plugin is not None])
     orphans = sorted({key.rsplit(".", 1)[0] for key, owner in owners.items() if owner is None})
     if orphans:
         raise IganError(f"{path} holds plugin state ({', '.join(orphans)}) that no object registered for "
