@@ -33,8 +33,8 @@ from safetensors.torch import load_file, save_file
 
 from igan.errors import IganError
 
-__all__ = ["FORMAT_VERSION", "save_checkpoint", "load_checkpoint", "checkpoint_metadata", "resolve_checkpoint", "run_dir_of",
-           "flatten_optimizer", "unflatten_optimizer", "prefixed"]
+__all__ = ["FORMAT_VERSION", "save_checkpoint", "load_checkpoint", "checkpoint_metadata", "resolve_checkpoint",
+           "run_dir_of", "flatten_optimizer", "unflatten_optimizer", "prefixed"]
 
 FORMAT_VERSION = 1
 
@@ -97,9 +97,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if path.is_dir():
         last = path / "checkpoints" / "last.safetensors"
         if not last.is_file():
-            raise IganError(f"{path} is a folder without a checkpoint (no checkpoints/last.safetensors in it)",
-                            hint="pass a run directory written by `igan train` / `igan semisup`, or a .safetensors "
-                                 "file")
+            raise IganError(f"{path} is a folder without a checkpoint (no checkpoints/last.safetensors)",
+                            hint="pass a run directory written by `igan train` / `igan semisup`, or a "
+                                 ".safetensors file")
         return last
     return path
 

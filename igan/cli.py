@@ -154,8 +154,8 @@ def train_once(config, pm) -> dict[str, Any]:
         torch.distributed.broadcast_object_list(shared, src=0)
         run_dir = Path(shared[0])
     if dist.is_main and config.resume is None and (run_dir / "checkpoints" / "last.safetensors").exists():
-        raise UsageError(f"{run_dir} already holds a run", hint=f"use --resume {run_dir} to continue it, or another "
-                         "--out")
+        raise UsageError(f"{run_dir} already holds a run",
+                         hint=f"use --resume {run_dir} to continue it, or another --out")
     run = build_run(config, pm, run_dir)
     return fit(run, resume=Path(config.resume) if config.resume else None)
 
@@ -256,15 +256,16 @@ def _training_command(command: str, pm_factory: Callable, parser, doc: str) -> C
             config = resume_config(config, template_checkpoint(config, seeds), parser, pm_factory.new(), seeds)
         elif config.out is None:
             config.out = str(_run_dir(config))  # named now, so an interrupted run can say where it is
-        again = f"igan {command} --resume {seeds_base(config, seeds)}" + (f" --seeds {seeds}" if seeds > 1 else "") \
-            + (" --parallel" if parallel else "")
+        again = (f"igan {command} --resume {seeds_base(config, seeds)}" + (f" --seeds {seeds}" if seeds > 1 else "")
+                 + (" --parallel" if parallel else ""))
         runner = pm_factory.runner(command)
         from igan.train import Terminated
 
         try:
             summary = runner(config, pm_factory, seeds=seeds, parallel=parallel, **runner_options)
         except KeyboardInterrupt:  # typer would turn it into a bare exit 130
-            raise Interrupted("interrupted", hint=f"the last checkpoint was saved; continue with: {again}") from None
+            raise Interrupted("interrupted",
+                              hint=f"the last checkpoint was saved; continue with: {again}") from None
         except Terminated:
             raise TerminatedError("terminated (SIGTERM)",
                                   hint=f"the last checkpoint was saved; continue with: {again}") from None
@@ -277,10 +278,10 @@ def _training_command(command: str, pm_factory: Callable, parser, doc: str) -> C
 
     P = inspect.Parameter
     context = P("ctx", P.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
-    config_option = P("config_file", P.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[Path], typer.Option(
-        "--config", rich_help_panel=CORE_PANEL,
-        help="read the settings from a file: a run's config.json, or TOML / YAML with the same keys; flags "
-             "given here win")])
+    config_option = P("config_file", P.KEYWORD_ONLY, default=None, annotation=Annotated[
+        Optional[Path], typer.Option("--config", rich_help_panel=CORE_PANEL,
+                                     help="read the settings from a file: a run's config.json, or TOML / YAML "
+                                          "with the same keys; flags given here win")])
     params = [context, config_option] + _core_parameters(command) + [o.typer_parameter()
                                                                      for o in parser.for_command(command)]
     command_fn.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]

@@ -93,8 +93,8 @@ def restore_models(path: Path, device_name: str = "auto", pm=None) -> Restored:
 
 
 def sample(
-    checkpoint: Annotated[Path, typer.Argument(help="a .safetensors checkpoint written by igan, or a run directory "
-                                                    "(its last checkpoint)")],
+    checkpoint: Annotated[Path, typer.Argument(
+        help="a .safetensors checkpoint written by igan, or a run directory (its last checkpoint)")],
     n: Annotated[int, typer.Option("-n", "--n", min=1, help="number of images")] = 64,
     out: Annotated[Path, typer.Option("-o", "--out", help="grid.png, images.npz, or a folder for PNGs")] = Path(
         "samples.png"),

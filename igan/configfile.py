@@ -10,7 +10,8 @@ Dashes in keys may stand for underscores. A flag given on the command line wins 
 ``out`` and ``resume`` (where that run was written, what it continued) and ``num_classes`` (derived
 from the dataset) are records, not settings: they are not read back. ``command`` must name the command
 being run. Every other key must be a setting of the command: an unknown key is a usage error naming
-it. Values are checked as the command line checks them (types, bounds, choices).
+it (except, in the ``options`` table, an option of a plugin not installed here that the file's run
+did not set: config.json records every installed plugin's options, used or not). Values are checked as the command line checks them (types, bounds, choices).
 
 What counts as given (``RunConfig.is_given``): the keys written in a hand-written file; for a
 config.json, the settings its run was given (its ``given`` list), so the re-run validates as the
@@ -38,7 +39,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
     """The file's mapping: JSON, TOML or YAML by its suffix."""
     suffix = path.suffix.lower()
     if not path.is_file():
-        raise UsageError(f"config file not found: {path}", hint="pass a run's config.json or a .toml / .yaml file")
+        raise UsageError(f"config file not found: {path}",
+                         hint="pass a run's config.json or a .toml / .yaml file")
     text = path.read_text(encoding="utf-8")
     try:
         if suffix == ".json":
@@ -68,17 +70,22 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def _flatten(data: dict[str, Any], path: Path) -> dict[str, Any]:
+def _flatten(data: dict[str, Any], path: Path) -> tuple[dict[str, Any], set[str]]:
+    """(every setting at one level, the names that came from the ``options`` table)."""
     flat: dict[str, Any] = {}
+    nested: set[str] = set()
     for key, value in data.items():
         key = str(key).replace("-", "_")
         if key in ("model_kwargs", "options"):
             if not isinstance(value, dict):
                 raise UsageError(f"{path}: {key} must be a mapping", hint=f"write {key} as a table of settings")
-            flat.update({str(k).replace("-", "_"): v for k, v in value.items()})
+            names = {str(k).replace("-", "_"): v for k, v in value.items()}
+            flat.update(names)
+            if key == "options":
+                nested.update(names)
         else:
             flat[key] = value
-    return flat
+    return flat, nested
 
 
 def apply_config_file(path: Path, command: str, values: dict[str, Any], given: list[str], ctx
@@ -89,7 +96,7 @@ def apply_config_file(path: Path, command: str, values: dict[str, Any], given: l
     ``beta2``), to set on the configuration."""
     data = read_config_file(path)
     recorded_given = data.get("given") if isinstance(data.get("given"), list) else None
-    flat = _flatten(data, path)
+    flat, nested = _flatten(data, path)
     if flat.get("command", command) != command:
         raise UsageError(f"{path} is the configuration of an `igan {flat['command']}` run",
                          hint=f"use it with igan {flat['command']} --config {path}")
@@ -100,11 +107,15 @@ def apply_config_file(path: Path, command: str, values: dict[str, Any], given: l
     for key, value in flat.items():
         if key in RECORDS:
             continue
+        if key not in known and key in nested and (key not in recorded_given if recorded_given is not None
+                                                   else value in (None, False)):
+            continue  # a config.json records every installed plugin's options: this one was not set
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             raise UsageError(f"{path}: unknown key {key!r}",
                              hint=f"did you mean {close[0]!r}?" if close else
-                             f"keys are the command's settings, as in a run's config.json (`igan {command} --help`)")
+                             f"keys are the command's settings, as in a run's config.json "
+                             f"(`igan {command} --help`)")
         if key in given:
             continue  # the command line wins
         if key in flagless:
@@ -119,7 +130,8 @@ def apply_config_file(path: Path, command: str, values: dict[str, Any], given: l
         param = params[key]
         if value is None:
             if param.default is not None:
-                raise UsageError(f"{path}: {key} may not be null", hint=f"remove it for the default ({param.default!r})")
+                raise UsageError(f"{path}: {key} may not be null",
+                                 hint=f"remove it for the default ({param.default!r})")
             values[key] = None
         else:
             try:

@@ -66,6 +66,8 @@ def plugin_records(pm: pluggy.PluginManager, parser, config) -> dict[str, dict[s
         owner = owner_of(name, plugins) if plugin is not None else None
         if owner is not None and name != owner:
             objects.setdefault(owner, []).append(name)
+    model = _provider(pm, "igan_register_models", config.model)
+    dataset = _provider(pm, "igan_register_datasets", config.dataset)
     records = {}
     for name in plugins:
         info = infos[name]
@@ -74,7 +76,23 @@ def plugin_records(pm: pluggy.PluginManager, parser, config) -> dict[str, dict[s
         records[name] = {"version": info.version, "package": info.package,
                          "affects_inference": info.affects_inference, "options": options,
                          "objects": sorted(objects.get(name, []))}
+        if name == model:
+            records[name]["provides_model"] = config.model
+        if name == dataset:
+            records[name]["provides_dataset"] = config.dataset
     return records
+
+
+def _provider(pm: pluggy.PluginManager, hook: str, wanted: str | None) -> str | None:
+    """The plugin whose ``igan_register_models`` / ``igan_register_datasets`` registers ``wanted``."""
+    from igan.plugins import call_impl
+
+    for impl in getattr(pm.hook, hook).get_hookimpls():
+        names: list[str] = []
+        call_impl(impl, hook, register=lambda entry: names.append(entry.name))
+        if wanted in names:
+            return impl.plugin_name
+    return None
 
 
 @dataclass
@@ -89,7 +107,7 @@ class _Missing:
 
 def _in_use(record: dict[str, Any], used: dict[str, Any], has_tensors: bool) -> bool:
     options = record.get("options", {})
-    if used or has_tensors:
+    if used or has_tensors or record.get("provides_model") or record.get("provides_dataset"):
         return True
     return bool(record.get("objects")) and not (options and all(o.get("run_only") for o in options.values()))
 
@@ -126,20 +144,25 @@ def _missing(meta: dict[str, Any], keys: Iterable[str], pm: pluggy.PluginManager
     return missing, unused
 
 
-def _describe(path, missing: list[_Missing], pm: pluggy.PluginManager, doing: str, what: str = "") -> IganError:
+def _describe(path, missing: list[_Missing], pm: pluggy.PluginManager, doing: str,
+              what: str = "") -> IganError:
     parts, hints = [], []
     for m in missing:
         used = ", ".join(f"{k}={v!r}" for k, v in m.options.items())
         tensors = ", ".join(f"{t}.*" for t in m.tensors)
-        detail = "; ".join(x for x in (used and f"options {used}", tensors and f"tensors {tensors}") if x)
+        detail = "; ".join(x for x in (used and f"its options {used}", tensors and f"its tensors {tensors}")
+                           if x)
         if m.plugin is None:
             parts.append(f"{detail}, which no installed plugin provides")
             hints.append("install (or stop disabling) the plugins that provide them")
             continue
         package, version = m.record.get("package", "?"), m.record.get("version", "?")
+        provides = "; ".join(f"its {kind} {m.record[key]!r}" for kind, key in
+                             (("model", "provides_model"), ("dataset", "provides_dataset")) if m.record.get(key))
+        detail = "; ".join(x for x in (provides, detail) if x)
         parts.append(f"plugin {m.plugin!r} ({package} {version}), which is "
                      f"{'disabled here' if pm.is_blocked(m.plugin) else 'not installed here'}"
-                     + (f" (the run used its {detail})" if detail else ""))
+                     + (f" (the run used {detail})" if detail else ""))
         if pm.is_blocked(m.plugin):
             hints.append(f"stop disabling {m.plugin} (--disable-plugin, IGAN_DISABLE_PLUGINS)")
         elif package == "igan":
@@ -174,7 +197,8 @@ def inference_options(path, meta: dict[str, Any], keys: Iterable[str], pm: plugg
     """For ``sample``/``evaluate``: the options to drop (of missing plugins that played no part, or that
     declared ``affects_inference = False``); refuses when a missing plugin may change the model."""
     missing, unused = _missing(meta, keys, pm, set(parser.options))
-    blocking = [m for m in missing if m.plugin is None or m.record.get("affects_inference", True)]
+    blocking = [m for m in missing if m.plugin is None or m.record.get("affects_inference", True)
+                or m.record.get("provides_model")]
     if blocking:
         raise _describe(path, blocking, pm, "load it", what="what changes the model: ")
     for m in missing:

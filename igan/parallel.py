@@ -65,8 +65,8 @@ def check_parallel_safe(run: Run) -> None:
         askers = sorted(name for name, p in run.pm.list_name_plugin() if getattr(p, "needs_input_grad", ()))
         raise UsageError(f"--parallel's batched mode cannot differentiate D with respect to its inputs "
                          f"({', '.join(askers)} asks for gradients of {', '.join(run.input_grads)})",
-                         hint="IGAN_PARALLEL=interleaved trains the seeds in one process with any technique (the CPU "
-                              "default), or drop --parallel")
+                         hint="IGAN_PARALLEL=interleaved trains the seeds in one process with any technique "
+                              "(the CPU default), or drop --parallel")
     for net, module in (("G", run.generator), ("D", run.discriminator)):
         for m in module.modules():
             if isinstance(m, nn.Dropout) and m.p > 0:

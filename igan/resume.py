@@ -34,9 +34,10 @@ def template_checkpoint(config: RunConfig, seeds: int = 1) -> Path:
     if seeds == 1:
         return resolve_checkpoint(config.resume)
     folder = Path(config.resume)
-    found = sorted((int(p.name[4:]), p / "checkpoints" / "last.safetensors") for p in
-                   (folder.iterdir() if folder.is_dir() else ()) if p.name[4:].isdigit() and p.name[:4] == "seed"
-                   and (p / "checkpoints" / "last.safetensors").is_file())
+    seeds_found = [p for p in (folder.iterdir() if folder.is_dir() else ())
+                   if p.name[:4] == "seed" and p.name[4:].isdigit()]
+    found = sorted((int(p.name[4:]), p / "checkpoints" / "last.safetensors") for p in seeds_found
+                   if (p / "checkpoints" / "last.safetensors").is_file())
     if not found:
         raise UsageError(f"with --seeds {seeds}, --resume takes the experiment's folder (holding "
                          f"seed<S>/checkpoints/last.safetensors); {folder} holds none",

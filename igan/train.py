@@ -51,7 +51,8 @@ from igan.plugins import call_impl
 from igan.sampler import Batch, BatchSampler
 from igan.schedules import lr_factor
 
-__all__ = ["LabelTargets", "Step", "Run", "ParallelMember", "INPUT_GRAD_FIELDS", "build_run", "discriminator_phase", "generator_phase", "train_step", "fit",
+__all__ = ["LabelTargets", "Step", "Run", "ParallelMember", "INPUT_GRAD_FIELDS", "build_run", "discriminator_phase",
+           "generator_phase", "train_step", "fit",
            "fit_runs", "OneRun", "Terminated"]
 
 
@@ -348,7 +349,8 @@ def build_run(config: RunConfig, pm: pluggy.PluginManager, run_dir: Path | None 
               opt_g=make_optimizer(config.adam, g_params, config.lr, betas),
               opt_d=make_optimizer(config.adam, d_params, config.lr, betas),
               sampler=sampler, device=device, run_dir=run_dir or Path("."), d_trainable=d_params,
-              dist=dist, input_grads=input_grads, **_executors(config, device, models, g_exec, d_exec, input_grads))
+              dist=dist, input_grads=input_grads,
+              **_executors(config, device, models, g_exec, d_exec, input_grads))
     from igan.ownership import plugin_records
 
     run.records = plugin_records(pm, parser, config)
@@ -584,7 +586,8 @@ def restore_run(run: Run, path: Path) -> None:
     check_tensor_owners(path, tensors, run.pm)
     step = int(meta["step"])
     if step > run.total_steps:
-        target = f"--steps {run.config.steps}" if run.config.steps is not None else f"--epochs {run.config.epochs}"
+        c = run.config
+        target = f"--steps {c.steps}" if c.steps is not None else f"--epochs {c.epochs}"
         raise UsageError(f"{path} is at step {step}, beyond the new target {target} ({run.total_steps} steps)",
                          hint=f"give a target beyond step {step} (--steps or --epochs) to train further, or "
                               "leave both out to keep the run's own; nothing was written")
@@ -602,7 +605,8 @@ def restore_run(run: Run, path: Path) -> None:
     run.last_metrics = dict(meta.get("metrics") or {})
     run.segments = list(meta.get("segments") or [])
     for impl in run.pm.hook.igan_restore_tensors.get_hookimpls():
-        call_impl(impl, "igan_restore_tensors", run=run, tensors=prefixed(tensors, f"plugin.{impl.plugin_name}"))
+        own = prefixed(tensors, f"plugin.{impl.plugin_name}")
+        call_impl(impl, "igan_restore_tensors", run=run, tensors=own)
 
 
 # ----------------------------------------------------------------------------------------------

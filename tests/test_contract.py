@@ -321,6 +321,17 @@ def test_config_file_errors_name_the_key(run_cli, tmp_path, text, name, needles,
     assert not (tmp_path / "run").exists()
 
 
+def test_config_json_skips_options_of_absent_plugins_its_run_did_not_set(installed, train_cli, run_cli, tmp_path):
+    installed("r1", "igan_r1", "igan-r1", folder=R1_PACKAGE)
+    assert train_cli(tmp_path / "plain", steps=2)[0] == 0  # r1 installed, unused: config.json records r1 = null
+    assert train_cli(tmp_path / "used", "--r1", "1", steps=2)[0] == 0
+    installed.uninstall("r1")
+    code, out, err = run_cli(["train", "--config", tmp_path / "plain" / "config.json", "--out", tmp_path / "again"])
+    assert code == 0, err
+    code, out, err = run_cli(["train", "--config", tmp_path / "used" / "config.json", "--out", tmp_path / "no"])
+    assert_clean_error(code, out, err, 2, "unknown key 'r1'")
+
+
 def test_semisup_reads_a_config_file_too(run_cli, tmp_path):
     cfg = tmp_path / "semi.toml"
     cfg.write_text('steps = 2\nbatch_size = 10\ndevice = "cpu"\nlabels = 20\nbaseline = false\n')
