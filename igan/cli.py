@@ -36,6 +36,8 @@ class TerminatedError(IganError):
     """SIGTERM during a training command (the run saved a checkpoint first)."""
 
     exit_code = 143
+
+
 MODEL_PANEL = "Model"
 
 

@@ -22,8 +22,11 @@ from igan.errors import UsageError
 __all__ = ["RESUMABLE", "template_checkpoint", "resume_config"]
 
 # What may change on resume: how long (a new total; not below the checkpoint's step), how often it logs
-# and checkpoints, where it runs and reads its data. Also: --out, --json, and run-only plugin options.
-RESUMABLE = ("steps", "epochs", "log_every", "checkpoint_every", "device", "fast_path", "data_dir", "download")
+# and checkpoints, where it runs and reads its data, and the learning rate (the recovery from a
+# non-finite loss: resume the last good checkpoint with a lower --lr). Also: --out, --json, and run-only
+# plugin options.
+RESUMABLE = ("steps", "epochs", "log_every", "checkpoint_every", "device", "fast_path", "data_dir", "download",
+             "lr")
 _MODEL_FLAGS = {"wn": "--wn/--no-wn", "noise": "--d-noise/--no-d-noise", "dropout": "--dropout/--no-dropout",
                 "g_out_data_init": "--g-out-data-init/--no-g-out-data-init"}
 
@@ -99,8 +102,8 @@ def resume_config(config: RunConfig, path: Path, parser, pm, seeds: int = 1) -> 
                           for n, now, then in differ)
         raise UsageError(f"{path} restores its own configuration, and these flags differ from it: {shown}",
                          hint="drop them to continue the run as it was (only --steps, --epochs, --log-every, "
-                              "--checkpoint-every, --device, --fast-path, --data-dir, --download and logging "
-                              "options may change on resume), or start a new run with --out")
+                              "--checkpoint-every, --device, --fast-path, --data-dir, --download, --lr and "
+                              "logging options may change on resume), or start a new run with --out")
     merged = copy.deepcopy(saved)
     for name in config.given:
         if name in free and name not in ("out", "resume"):

@@ -195,7 +195,7 @@ def test_flags_given_on_resume_must_agree_with_the_checkpoint(train_cli, run_cli
     run = tmp_path / "run"
     assert train_cli(run, "--fm", steps=2)[0] == 0
     before = _snapshot(run)
-    for flags, needle in ((["--lr", "0.01"], "--lr 0.01 (the checkpoint: --lr 0.003)"),
+    for flags, needle in ((["--g-steps", "2"], "--g-steps 2 (the checkpoint: --g-steps 1)"),
                           (["--adam", "torch"], "--adam torch (the checkpoint: --adam reference)"),
                           (["--no-fm"], "--no-fm (the checkpoint: --fm)")):
         code, out, err = run_cli(["train", "--resume", run, "--steps", "4", *flags])
@@ -203,10 +203,11 @@ def test_flags_given_on_resume_must_agree_with_the_checkpoint(train_cli, run_cli
         assert _snapshot(run) == before
     # the same values, however spelt (--wn is the default), and the settings that may change
     code, out, err = run_cli(["train", "--resume", run, "--steps", "4", "--wn", "--fm", "--batch-size", "10",
-                              "--log-every", "2", "--device", "cpu"])
+                              "--log-every", "2", "--device", "cpu", "--lr", "0.001"])
     assert code == 0, err
     config = json.loads((run / "config.json").read_text())
     assert config["steps"] == 4 and config["log_every"] == 2 and config["options"]["fm"] is True
+    assert config["lr"] == 0.001  # a lower rate after a non-finite loss: the documented recovery
 
 
 def test_a_target_below_the_checkpoint_step_is_refused(train_cli, run_cli, tmp_path):
