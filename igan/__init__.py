@@ -10,6 +10,7 @@ leading underscore) is internal and may change.
 - What hooks receive: ``RunConfig``, ``Step``, ``Run``, ``LabelTargets``, ``Models``, ``DOut``,
   ``Discriminator``, ``Generator``; what registries take: ``ModelDef``, ``DatasetSpec``, ``ImageDataset``.
 - ``losses`` and ``layers``: the paper's loss functions and layers, for reuse.
+- ``testing``: ``make_step``, to unit-test a hook without a training run.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ _LAZY = {
     "Models": "igan.models", "DOut": "igan.models", "Discriminator": "igan.models",
     "Generator": "igan.models", "ModelDef": "igan.models", "DatasetSpec": "igan.datasets.base",
     "ImageDataset": "igan.datasets.base", "losses": "igan.losses", "layers": "igan.layers",
+    "testing": "igan.testing",
 }
 
 __all__ = ["__version__", "hookimpl", "IganError", "UsageError", *_LAZY]

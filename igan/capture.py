@@ -76,6 +76,9 @@ def refusal(runs: list[Any], optimizers: Iterable[torch.optim.Optimizer]) -> str
 
     if runs and runs[0].dist.enabled:
         return "under torchrun (DDP's gradient all-reduce is not part of the captured step)"
+    if any(getattr(run, "input_grads", ()) for run in runs):
+        return ("a plugin asks for input gradients (needs_input_grad): its double backward runs eagerly, "
+                "outside a captured graph")
     if any(not isinstance(opt, ReferenceAdam) for opt in optimizers):
         return "--adam torch: only the reference Adam has the capturable form igan uses"
     for run in runs:

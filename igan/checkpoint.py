@@ -10,7 +10,10 @@ Layout of the tensor names::
 
 Metadata (safetensors allows only str -> str): ``format`` (an integer version), ``igan_version``,
 ``config`` (RunConfig JSON), ``model`` (registry name + kwargs), ``plugins`` (name -> version),
-``opt_groups`` (optimizer hyperparameters), ``step``, ``epoch``.
+``plugin_records`` (who owns each option and ``plugin.*`` tensor, ``igan.ownership``), ``opt_groups``
+(optimizer hyperparameters), ``step``, ``epoch``, ``epochs_ended`` (the last epoch whose end hooks
+fired), ``metrics`` (the last epoch-end metrics) and ``segments`` (steps and seconds of each training
+segment so far, one per resume).
 
 Writes are atomic: a temporary file in the same folder is written, fsynced and renamed over the target,
 so a crash mid-write leaves the previous checkpoint intact. Loading never unpickles anything.
@@ -30,8 +33,8 @@ from safetensors.torch import load_file, save_file
 
 from igan.errors import IganError
 
-__all__ = ["FORMAT_VERSION", "save_checkpoint", "load_checkpoint", "flatten_optimizer",
-           "unflatten_optimizer", "prefixed"]
+__all__ = ["FORMAT_VERSION", "save_checkpoint", "load_checkpoint", "checkpoint_metadata", "resolve_checkpoint",
+           "run_dir_of", "flatten_optimizer", "unflatten_optimizer", "prefixed"]
 
 FORMAT_VERSION = 1
 
@@ -87,23 +90,75 @@ def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], metadata: dict
         pass
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file as given, or the last checkpoint of a run directory (``checkpoints/last.safetensors``):
+    every command that reads a checkpoint accepts either."""
+    path = Path(path)
+    if path.is_dir():
+        last = path / "checkpoints" / "last.safetensors"
+        if not last.is_file():
+            raise IganError(f"{path} is a folder without a checkpoint (no checkpoints/last.safetensors)",
+                            hint="pass a run directory written by `igan train` / `igan semisup`, or a "
+                                 ".safetensors file")
+        return last
+    return path
+
+
+def run_dir_of(path: str | Path) -> Path:
+    """The run directory a checkpoint belongs to (``<run>/checkpoints/x.safetensors`` -> ``<run>``); a
+    folder is returned as it is."""
+    path = Path(path)
+    if path.suffix == ".safetensors" and path.parent.name == "checkpoints":
+        return path.parent.parent
+    return path
+
+
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu"
                     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a checkpoint straight onto ``device``; returns (tensors, metadata with JSON decoded)."""
     path = Path(path)
-    if not path.is_file():
-        raise IganError(f"checkpoint not found: {path}",
-                        hint="pass the .safetensors file inside a run's checkpoints/ folder")
+    raw_meta = _raw_metadata(path)
+    try:
+        tensors = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise _unreadable(path, exc) from exc
+    return tensors, _decode(path, raw_meta)
+
+
+def checkpoint_metadata(path: str | Path) -> tuple[dict[str, Any], list[str]]:
+    """A checkpoint's metadata (JSON decoded) and its tensor names, without reading any tensor."""
+    path = Path(path)
+    raw_meta = _raw_metadata(path)
     try:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
-            raw_meta = f.metadata() or {}
-        tensors = load_file(str(path), device=str(device))
+            keys = list(f.keys())
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise IganError(f"{path} is not a readable safetensors checkpoint ({str(exc).splitlines()[0]})",
-                        hint="the file may be truncated or not an igan checkpoint; use checkpoints/last.safetensors "
-                             "of a run") from exc
+        raise _unreadable(path, exc) from exc
+    return _decode(path, raw_meta), keys
+
+
+def _unreadable(path: Path, exc: BaseException) -> IganError:
+    return IganError(f"{path} is not a readable safetensors checkpoint ({str(exc).splitlines()[0]})",
+                     hint="the file may be truncated or not an igan checkpoint; use checkpoints/last.safetensors "
+                          "of a run")
+
+
+def _raw_metadata(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        raise IganError(f"checkpoint not found: {path}",
+                        hint="pass the .safetensors file inside a run's checkpoints/ folder, or the run directory")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise _unreadable(path, exc) from exc
+
+
+def _decode(path: Path, raw_meta: dict[str, str]) -> dict[str, Any]:
     if "format" not in raw_meta or "config" not in raw_meta:
         raise IganError(f"{path} is a safetensors file but not an igan checkpoint (no igan metadata)",
                         hint="pass a checkpoint written by `igan train` or `igan semisup`")
@@ -123,4 +178,4 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu"
             meta[k] = json.loads(v)
         except json.JSONDecodeError:
             meta[k] = v
-    return tensors, meta
+    return meta

@@ -30,6 +30,14 @@ class Interrupted(IganError):
     """Ctrl-C during a command (the run saved a checkpoint first)."""
 
     exit_code = 130
+
+
+class TerminatedError(IganError):
+    """SIGTERM during a training command (the run saved a checkpoint first)."""
+
+    exit_code = 143
+
+
 MODEL_PANEL = "Model"
 
 
@@ -150,8 +158,8 @@ def train_once(config, pm) -> dict[str, Any]:
         torch.distributed.broadcast_object_list(shared, src=0)
         run_dir = Path(shared[0])
     if dist.is_main and config.resume is None and (run_dir / "checkpoints" / "last.safetensors").exists():
-        raise UsageError(f"{run_dir} already holds a run", hint=f"use --resume {run_dir}/checkpoints/last.safetensors "
-                         "to continue it, or another --out")
+        raise UsageError(f"{run_dir} already holds a run",
+                         hint=f"use --resume {run_dir} to continue it, or another --out")
     run = build_run(config, pm, run_dir)
     return fit(run, resume=Path(config.resume) if config.resume else None)
 
@@ -228,15 +236,43 @@ def train_parallel(configs: list, pms) -> list[dict[str, Any]]:
 
 def _training_command(command: str, pm_factory: Callable, parser, doc: str) -> Callable:
     def command_fn(ctx: typer.Context, **values: Any) -> None:
+        config_file = values.pop("config_file")
+        given = _given_parameters(ctx, values)
+        if config_file is not None:
+            from igan.configfile import apply_config_file
+
+            if values.get("resume") is not None:
+                raise UsageError("--config and --resume together: a resumed run restores its configuration from "
+                                 "the checkpoint", hint="drop --config")
+            values, given, extra = apply_config_file(config_file, command, values, given, ctx)
+        else:
+            extra = {}
         as_json = values.pop("as_json")
         seeds, parallel = values.pop("seeds"), values.pop("parallel")
+        runner_options = {k: values.pop(k) for k in ("baseline",) if k in values}
         values.pop("disable_plugin", None)  # already applied when the plugin manager was built
-        config = make_config(command, values, parser, _given_parameters(ctx, values))
+        config = make_config(command, values, parser, [g for g in given if g in values])
+        for key, value in extra.items():
+            setattr(config, key, value)
+        if config.resume is not None:
+            from igan.resume import resume_config, template_checkpoint
+
+            config = resume_config(config, template_checkpoint(config, seeds), parser, pm_factory.new(), seeds)
+        elif config.out is None:
+            config.out = str(_run_dir(config))  # named now, so an interrupted run can say where it is
+        again = (f"igan {command} --resume {seeds_base(config, seeds)}" + (f" --seeds {seeds}" if seeds > 1 else "")
+                 + (" --parallel" if parallel else ""))
         runner = pm_factory.runner(command)
+        from igan.train import Terminated
+
         try:
-            summary = runner(config, pm_factory, seeds=seeds, parallel=parallel)
+            summary = runner(config, pm_factory, seeds=seeds, parallel=parallel, **runner_options)
         except KeyboardInterrupt:  # typer would turn it into a bare exit 130
-            raise Interrupted("interrupted", hint="the last checkpoint was saved; continue with --resume") from None
+            raise Interrupted("interrupted",
+                              hint=f"the last checkpoint was saved; continue with: {again}") from None
+        except Terminated:
+            raise TerminatedError("terminated (SIGTERM)",
+                                  hint=f"the last checkpoint was saved; continue with: {again}") from None
         if int(os.environ.get("RANK", "0")) != 0:  # one answer per job: rank 0's
             return
         if as_json:
@@ -244,8 +280,14 @@ def _training_command(command: str, pm_factory: Callable, parser, doc: str) -> C
         else:
             print(summary.get("run_dir", ""))
 
-    context = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
-    params = [context] + _core_parameters(command) + [o.typer_parameter() for o in parser.for_command(command)]
+    P = inspect.Parameter
+    context = P("ctx", P.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
+    config_option = P("config_file", P.KEYWORD_ONLY, default=None, annotation=Annotated[
+        Optional[Path], typer.Option("--config", rich_help_panel=CORE_PANEL,
+                                     help="read the settings from a file: a run's config.json, or TOML / YAML "
+                                          "with the same keys; flags given here win")])
+    params = [context, config_option] + _core_parameters(command) + [o.typer_parameter()
+                                                                     for o in parser.for_command(command)]
     command_fn.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command_fn.__doc__ = doc
     command_fn.__name__ = command
@@ -335,30 +377,30 @@ def main(argv: list[str] | None = None) -> None:
         else:
             if debug:
                 raise
-            culprit = _failing_hook(exc)
-            if culprit:
-                module, hook = culprit
-                error(f"plugin {module} failed in {hook}: {type(exc).__name__}: {exc}",
-                      hint="rerun with IGAN_DEBUG=1 for the traceback; report it to the plugin's authors or block "
-                           "the plugin with IGAN_DISABLE_PLUGINS=<name> (names: `igan plugins`)")
-            else:
-                error(f"{type(exc).__name__}: {exc}", hint="this looks like a bug in igan; rerun with IGAN_DEBUG=1 "
-                      "for the traceback and report it")
+            message, hint = _failure_message(exc)
+            error(message, hint=hint)
             code = 1
     sys.exit(code)
 
 
-def _failing_hook(exc: BaseException) -> tuple[str, str] | None:
-    """(module, hook) of the innermost hook implementation on the traceback, if a hook raised."""
-    import traceback
+def _failure_message(exc: BaseException) -> tuple[str, str]:
+    """An unexpected exception in one line: the plugin whose hook raised it when a hook was running
+    (pluggy knows the implementation), else a bug in igan."""
+    from igan.plugins import hook_failure
 
-    found = None
-    for frame, _ in traceback.walk_tb(exc.__traceback__):
-        name = frame.f_code.co_name
-        module = frame.f_globals.get("__name__", "?")
-        if name.startswith("igan_") and module != "igan.hookspecs":
-            found = (module, name)
-    return found
+    what = f"{type(exc).__name__}: {exc}"
+    failure = hook_failure(exc)
+    if failure is None or failure.plugin == "core":
+        return what, "this looks like a bug in igan; rerun with IGAN_DEBUG=1 for the traceback and report it"
+    info = failure.info
+    if info is not None and info.builtin:
+        return (f"built-in plugin {failure.plugin} failed in {failure.hook}: {what}",
+                f"this looks like a bug in igan's {failure.plugin} plugin; rerun with IGAN_DEBUG=1 for the "
+                f"traceback and report it, or run without it (--disable-plugin {failure.plugin})")
+    package = f"package {info.package} {info.version}" if info is not None else "its package"
+    return (f"plugin {failure.plugin} failed in {failure.hook}: {what}",
+            f"the error is in the plugin ({package}), not in igan: report it to the plugin's authors, or run "
+            f"without it (--disable-plugin {failure.plugin}); IGAN_DEBUG=1 shows the traceback")
 
 
 def _usage_hint(exc: Exception) -> str:

@@ -49,28 +49,29 @@ class Restored:
 
 
 def restore_models(path: Path, device_name: str = "auto", pm=None) -> Restored:
-    from igan.checkpoint import load_checkpoint
+    """Rebuild a checkpoint's models (``path``: the file, or a run directory's last checkpoint).
+
+    Plugins that are missing here are fine when they played no part in the run, or declared that they
+    do not affect inference (``igan.ownership``); a missing plugin that may change the model refuses."""
+    from igan.checkpoint import load_checkpoint, resolve_checkpoint
     from igan.config import RunConfig
+    from igan.ownership import inference_options
     from igan.plugins import get_plugin_manager
     from igan.train import build_models, configure, load_weights, model_registry, resolve_device
 
+    path = resolve_checkpoint(path)
     device = resolve_device(device_name)
     tensors, meta = load_checkpoint(path, device)
     config = RunConfig.from_dict(meta["config"])
     pm = pm or get_plugin_manager()
     from igan.options import collect_options
 
-    # An option switched on in the run that no installed plugin declares: its plugin is missing.
-    known = collect_options(pm).options
-    for name, spec in known.items():  # loggers etc. play no part in rebuilding the model
+    parser = collect_options(pm)
+    for name, spec in parser.options.items():  # loggers etc. play no part in rebuilding the model
         if spec.run_only and name in config.options:
             config.options[name] = spec.default
-    unknown = sorted(k for k, v in config.options.items() if k not in known and v not in (None, False))
-    if unknown:
-        used = ", ".join(f"{k}={config.options[k]!r}" for k in unknown)
-        raise IganError(f"{path} was made with options of plugins that are not available here: {used}",
-                        hint=f"install (or stop disabling) the plugins that provide them; the run used: "
-                             f"{', '.join(sorted(meta.get('plugins', {})))}")
+    for name in inference_options(path, meta, tensors, pm, parser):
+        config.options.pop(name, None)
     registry = model_registry(pm)
     if config.model not in registry:
         raise IganError(f"{path} uses model {config.model!r}, which no installed plugin provides",
@@ -81,18 +82,19 @@ def restore_models(path: Path, device_name: str = "auto", pm=None) -> Restored:
     models = build_models(pm, config, registry[config.model], tuple(d["image_shape"]), value_range)
     load_weights(models, tensors, path, "the file was edited or written by an incompatible plugin version")
     from igan.checkpoint import prefixed
-    from igan.train import hook_args
+    from igan.plugins import call_impl
 
     for impl in pm.hook.igan_prepare_inference.get_hookimpls():  # each plugin sees its own tensors
-        impl.function(**hook_args(impl, models=models, config=config,
-                              tensors=prefixed(tensors, f"plugin.{impl.plugin_name}")))
+        call_impl(impl, "igan_prepare_inference", models=models, config=config,
+                  tensors=prefixed(tensors, f"plugin.{impl.plugin_name}"))
     models.generator.to(device)
     models.discriminator.to(device).eval()  # noise/dropout off; G keeps batch statistics (reference)
     return Restored(models, config, meta, tensors, device)
 
 
 def sample(
-    checkpoint: Annotated[Path, typer.Argument(help="a .safetensors checkpoint written by igan")],
+    checkpoint: Annotated[Path, typer.Argument(
+        help="a .safetensors checkpoint written by igan, or a run directory (its last checkpoint)")],
     n: Annotated[int, typer.Option("-n", "--n", min=1, help="number of images")] = 64,
     out: Annotated[Path, typer.Option("-o", "--out", help="grid.png, images.npz, or a folder for PNGs")] = Path(
         "samples.png"),
@@ -125,12 +127,21 @@ def plugins(as_json: Annotated[bool, typer.Option("--json", help="print JSON on 
     rows = plugin_infos(get_plugin_manager())
     if as_json:
         print(json.dumps([{"name": r.name, "version": r.version, "source": r.source, "module": r.module,
-                           "hooks": r.hooks, "error": r.error} for r in rows], indent=2))
+                           "hooks": r.hooks, "run_hooks": {cls: hooks for cls, hooks in r.run_hooks},
+                           "affects_inference": r.affects_inference, "error": r.error} for r in rows], indent=2))
         return
     table = Table("name", "version", "source", "hooks")
+
+    def short(hooks: list[str]) -> str:
+        return ", ".join(h.removeprefix("igan_") for h in hooks)
+
     for r in rows:
-        table.add_row(r.name, r.version, r.source, f"[red]broken: {r.error}[/]" if r.error else ", ".join(
-            h.removeprefix("igan_") for h in r.hooks))
+        if r.error:
+            table.add_row(r.name, r.version, r.source, f"[red]broken: {r.error}[/]")
+            continue
+        # the hooks of the objects the plugin registers per run (igan_configure) fire during the run
+        per_run = "".join(f"\nper run ({cls}): {short(hooks)}" for cls, hooks in r.run_hooks)
+        table.add_row(r.name, r.version, r.source, short(r.hooks) + per_run)
     stderr.print(table)
     print("\n".join(r.name for r in rows))
 

@@ -63,10 +63,19 @@ class RunConfig:
         return cls.from_dict(json.loads(text))
 
     def is_given(self, name: str) -> bool:
-        """Whether the user set ``name`` explicitly (a core setting, a model switch or a plugin option),
-        as opposed to it holding its default. Checkpoints written before igan recorded this say False."""
+        """Whether the user set ``name`` explicitly (a core setting, a model switch or a plugin option:
+        on the command line, through an environment variable or in a ``--config`` file), as opposed to
+        it holding its default. A resumed run keeps what its first run was given. Checkpoints written
+        before igan recorded this say False."""
         return name in self.given
 
     def opt(self, name: str, default: Any = None) -> Any:
         """A plugin option's value (``default`` when the plugin that declares it is not installed)."""
         return self.options.get(name, default)
+
+    @property
+    def role(self) -> str:
+        """What this run is: ``"gan"`` (`igan train`, and `igan semisup`'s K+1 GAN) or ``"baseline"``
+        (`igan semisup`'s supervised-only baseline: G is never trained, D learns from labels alone, so a
+        GAN-only technique should do nothing)."""
+        return "baseline" if self.command == "semisup" and self.options.get("supervised_only") else "gan"

@@ -150,8 +150,8 @@ class Loaded:
 
 
 def input_kind(path: Path) -> str:
-    if path.is_dir():
-        return "folder"
+    if path.is_dir():  # a run directory stands for its last checkpoint
+        return "checkpoint" if (path / "checkpoints" / "last.safetensors").is_file() else "folder"
     if not path.exists():
         raise IganError(f"input not found: {path}",
                         hint="pass a checkpoint (.safetensors), an .npz with uint8 NHWC `images`, or a folder "
@@ -584,7 +584,8 @@ def register(app: typer.Typer, pms) -> None:
 
     def evaluate(
         input: Annotated[Path, typer.Argument(
-            help="a checkpoint (.safetensors), an .npz with uint8 NHWC `images`, or a folder of PNGs",
+            help="a checkpoint (.safetensors) or a run directory, an .npz with uint8 NHWC `images`, or a folder "
+                 "of PNGs",
             show_default=False)],
         metric: Annotated[str, typer.Option("--metric", help=f"one of: {names}")] = "is",
         n: Annotated[Optional[int], typer.Option(

@@ -54,7 +54,8 @@ def igan_addoption(parser: OptionParser) -> None:
     Fires once when the CLI is built, before any command runs. Options of built-in plugins are shown in
     the "Techniques" panel of ``igan train --help`` (unless they name another panel); options of a
     third-party plugin get a panel of their own, titled with the plugin's name. An option's value is
-    read back as ``config.options[name]``. Return nothing.
+    read back as ``config.options[name]``; ``config.is_given(name)`` tells a typed value from the
+    default. ``min``/``max`` are inclusive. Return nothing.
     """
 
 
@@ -62,10 +63,12 @@ def igan_addoption(parser: OptionParser) -> None:
 def igan_configure(config: RunConfig, pm: pluggy.PluginManager) -> None:
     """Validate the resolved options and set up per-run state.
 
-    Fires once per run after the options are parsed, before any model exists. Raise
-    ``igan.UsageError(message, hint)`` for an impossible combination (the CLI exits with code 2).
-    A technique that is switched on registers a stateful object here with ``pm.register(obj, name)``;
-    that object's hooks then fire for this run only. Return nothing.
+    Fires once per run after the options are parsed, before any model exists (on ``--resume`` with
+    the checkpoint's configuration). Raise ``igan.UsageError(message, hint)`` for an impossible
+    combination (the CLI exits with code 2). A technique that is switched on registers a stateful
+    object here with ``pm.register(obj, "<plugin>.run")``; that object's hooks then fire for this run
+    only. Write resolved defaults back into ``config.options`` so checkpoints record what was used;
+    ``config.role`` tells a GAN run from semisup's supervised-only baseline. Return nothing.
     """
 
 
@@ -170,7 +173,9 @@ def igan_extra_loss(step: Step, net: str) -> dict[str, torch.Tensor] | None:
     """Return named extra loss terms to add to network ``net`` ("D" or "G"), or None.
 
     Fires once per optimizer update of that network, right after its main loss. Every term is added to
-    the loss and logged under ``loss/<net>/<name>``.
+    the loss and logged under ``loss/<net>/<name>``. A penalty on D's input gradient declares
+    ``needs_input_grad`` and differentiates ``step.d_real`` w.r.t. ``step.x_real`` (no second D pass);
+    an extra D pass goes through ``step.discriminator``. ``step.log`` may be called here.
     """
 
 
@@ -186,8 +191,10 @@ def igan_after_optimizer_step(step: Step, net: str) -> None:
 def igan_epoch_end(run: Run, epoch: int) -> dict[str, float] | None:
     """Evaluate at the end of an epoch; return metrics to log (e.g. ``{"test_error": 0.01}``) or None.
 
-    Fires after each completed epoch (and at the end of training if the last epoch was partial).
-    Metrics go to ``metrics.jsonl`` and the progress display.
+    Fires once per epoch: after its last step, or at the end of training when training ends inside it.
+    Never twice for one epoch, across resumes too (a run resumed inside an epoch whose end already
+    fired fires next for the following epoch). Not on Ctrl-C, SIGTERM or errors. Metrics go to
+    ``metrics.jsonl`` and the progress display.
     """
 
 

@@ -50,8 +50,8 @@ from torch.nn.utils import parametrize
 from igan.errors import IganError, UsageError
 from igan.layers import _WEIGHT_NORM_TYPE, NoiseTape
 from igan.models import DOut
-from igan.train import (Run, Step, build_run, discriminator_phase, generator_phase, resolve_device, save_run,
-                        train_step)
+from igan.train import (ParallelMember, Run, Step, build_run, discriminator_phase, generator_phase, resolve_device,
+                        save_run, train_step)
 
 __all__ = ["ParallelRuns", "LOSS_HOOKS", "build_parallel", "check_parallel_safe", "parallel_mode", "plain_copy"]
 
@@ -68,6 +68,12 @@ def check_parallel_safe(run: Run) -> None:
                                  "and --parallel computes all seeds' losses in one call",
                                  hint="drop --parallel (the seeds then run one after another), or the technique; "
                                       "a plugin whose losses are pure functions of the step sets parallel_safe = True")
+    if getattr(run, "input_grads", ()):
+        askers = sorted(name for name, p in run.pm.list_name_plugin() if getattr(p, "needs_input_grad", ()))
+        raise UsageError(f"--parallel's batched mode cannot differentiate D with respect to its inputs "
+                         f"({', '.join(askers)} asks for gradients of {', '.join(run.input_grads)})",
+                         hint="IGAN_PARALLEL=interleaved trains the seeds in one process with any technique "
+                              "(the CPU default), or drop --parallel")
     for net, module in (("G", run.generator), ("D", run.discriminator)):
         for m in module.modules():
             if isinstance(m, nn.Dropout) and m.p > 0:
@@ -396,5 +402,7 @@ def build_parallel(configs: list[Any], pms: list[Any], run_dirs: list[Any], mode
     if len({(r.config.model, r.config.batch_size, r.total_steps) for r in runs}) != 1:
         raise UsageError("--parallel needs the same model, batch size and length for every seed",
                          hint="drop --parallel")
+    for i, run in enumerate(runs):
+        run.parallel = ParallelMember(i, len(runs), mode)
     return ParallelRuns(runs, states, mode)
 

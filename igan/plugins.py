@@ -4,6 +4,11 @@ installed under the ``igan`` entry-point group (the built-in techniques included
 Built per call, never at import, so tests get a fresh manager and no reloads are needed. A plugin that
 fails to import is recorded as broken and skipped with a warning (``igan plugins`` lists it); a plugin
 whose ``igan_*`` function matches no hook spec is an error naming the plugin and the function.
+
+Also here: what a plugin declares about itself (``affects_inference``, the hooks of the per-run classes
+it registers, shown by ``igan plugins``), ``call_impl`` for the places that call one implementation at
+a time, and ``hook_failure``, which finds the plugin whose hook raised an exception (for the CLI's
+message).
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ import pluggy
 from igan import hookspecs
 from igan.errors import IganError
 
-__all__ = ["PluginInfo", "get_plugin_manager", "plugin_infos", "ENTRY_POINT_GROUP", "hookimpl"]
+__all__ = ["PluginInfo", "get_plugin_manager", "plugin_infos", "ENTRY_POINT_GROUP", "hookimpl", "call_impl",
+           "hook_failure", "owner_of", "HookFailure"]
 
 ENTRY_POINT_GROUP = "igan"
 hookimpl = pluggy.HookimplMarker("igan")
@@ -37,10 +43,20 @@ class PluginInfo:
     module: str
     hooks: list[str] = field(default_factory=list)
     error: str | None = None  # set when the plugin failed to load
+    # The hooks of the classes whose objects the plugin registers per run: [(class name, [hooks])].
+    run_hooks: list[tuple[str, list[str]]] = field(default_factory=list)
+    # False when the plugin declares (module attribute ``affects_inference = False``) that it changes
+    # nothing `igan sample` / `igan evaluate` rebuild: its checkpoints then load without it.
+    affects_inference: bool = True
 
     @property
     def builtin(self) -> bool:
         return self.source in ("essential", "built-in")
+
+    @property
+    def package(self) -> str:
+        """The distribution to install for this plugin (``igan`` for the built-ins)."""
+        return self.source.removeprefix("package:") if self.source.startswith("package:") else "igan"
 
 
 def _blocked_names(disable: Iterable[str] = ()) -> set[str]:
@@ -112,8 +128,90 @@ def get_plugin_manager(*, disable: Iterable[str] = (), autoload: bool = True,
         plugin = pm.get_plugin(info.name)
         if plugin is not None:
             info.hooks = sorted(c.name for c in pm.get_hookcallers(plugin) or [])
+            info.run_hooks = run_object_hooks(plugin)
+            info.affects_inference = bool(getattr(plugin, "affects_inference", True))
     pm.igan_infos = infos  # type: ignore[attr-defined]
+    _LAST_INFOS.clear()
+    _LAST_INFOS.update(infos)
     return pm
+
+
+# The infos of the last plugin manager built, so the CLI's last-resort handler can name a failing
+# plugin's package without building another manager.
+_LAST_INFOS: dict[str, PluginInfo] = {}
+
+
+def run_object_hooks(plugin: object) -> list[tuple[str, list[str]]]:
+    """The hooks of the per-run classes a plugin module defines: every class among the module's
+    attributes, defined in that module (or a submodule of its package), with ``@hookimpl`` methods.
+    Their objects are registered only during ``igan_configure``, so ``igan plugins`` finds them here."""
+    import inspect
+
+    name = getattr(plugin, "__name__", None)
+    if not inspect.ismodule(plugin) or name is None:
+        return []
+    found = []
+    for attr in vars(plugin).values():
+        if not inspect.isclass(attr):
+            continue
+        module = getattr(attr, "__module__", "") or ""
+        if module != name and not module.startswith(name + "."):
+            continue
+        hooks = sorted({member for member, fn in inspect.getmembers(attr)
+                        if member.startswith("igan_") and hasattr(fn, "igan_impl")})
+        if hooks:
+            found.append((attr.__name__, hooks))
+    return sorted(found)
+
+
+def owner_of(registered: str, plugins: Iterable[str]) -> str | None:
+    """The plugin behind a registered name: itself, or the longest plugin name it extends with a dot
+    (``historical_averaging.run`` belongs to ``historical_averaging``, as igan_configure names it)."""
+    best = None
+    for name in plugins:
+        if (registered == name or registered.startswith(name + ".")) and (best is None or len(name) > len(best)):
+            best = name
+    return best
+
+
+def call_impl(impl: pluggy.HookImpl, hook: str, **available):
+    """Call one hook implementation with the arguments it asks for (igan does this where each plugin gets
+    its own data, e.g. its checkpoint tensors). ``hook_failure`` recognises this frame."""
+    return impl.function(**{k: v for k, v in available.items() if k in impl.argnames})
+
+
+@dataclass
+class HookFailure:
+    """Where an exception came from: the registered name whose hook raised, the hook, and the plugin
+    (entry point) that owns it, with its info when known."""
+
+    registered: str
+    hook: str
+    plugin: str
+    info: PluginInfo | None
+
+
+def hook_failure(exc: BaseException) -> HookFailure | None:
+    """The innermost hook implementation on the traceback of ``exc``: pluggy's ``_multicall`` frame holds
+    the ``hook_impl`` it was calling (and ``hook_name``); ``call_impl``'s frame holds ``impl``. None when
+    no hook was running (an error of igan itself)."""
+    import traceback
+
+    found = None
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        code, local = frame.f_code, frame.f_locals
+        if code.co_name == "_multicall" and frame.f_globals.get("__name__", "").startswith("pluggy"):
+            impl, hook = local.get("hook_impl"), local.get("hook_name")
+        elif code is call_impl.__code__:
+            impl, hook = local.get("impl"), local.get("hook")
+        else:
+            continue
+        if impl is not None:
+            found = (impl.plugin_name, str(hook))
+    if found is None:
+        return None
+    owner = owner_of(found[0], _LAST_INFOS) or found[0]
+    return HookFailure(found[0], found[1], owner, _LAST_INFOS.get(owner))
 
 
 def check_hookimpls(pm: pluggy.PluginManager) -> None:

@@ -767,7 +767,7 @@ def write_report(dirs: list[Path], out: Path | None = None, max_samples: int = M
 def report(
     run_dirs: Annotated[list[Path], typer.Argument(
         help="run directories (igan train or semisup output; a semisup --seeds base directory brings "
-             "its seeds)",
+             "its seeds), or their checkpoints",
         show_default=False)],
     out: Annotated[Optional[Path], typer.Option(
         "-o", "--out",
@@ -779,7 +779,9 @@ def report(
 ) -> None:
     """Write one self-contained HTML page (plots and images embedded) about one or more runs; several
     runs overlay their curves. Prints the file's path."""
-    print(write_report(run_dirs, out, samples))
+    from igan.checkpoint import run_dir_of
+
+    print(write_report([run_dir_of(p) for p in run_dirs], out, samples))
 
 
 def register(app: typer.Typer) -> None:

@@ -90,11 +90,11 @@ def register(app: typer.Typer, pms, parser, training_command) -> None:
                             "Semi-supervised learning with the K+1 discriminator (paper §5); prints the test error.")
     signature = inspect.signature(base)
 
+    pms.runners["semisup"] = lambda config, p, seeds=1, parallel=False, baseline=None: run_semisup(
+        config, p, seeds, baseline, parallel)
+
     def semisup(**values: Any) -> None:
-        baseline = values.pop("baseline")
-        pms.runners["semisup"] = lambda config, p, seeds=1, parallel=False: run_semisup(config, p, seeds, baseline,
-                                                                                         parallel)
-        base(**values)
+        base(**values)  # --baseline reaches the runner with the other settings (also from --config)
 
     P = inspect.Parameter
     extra = [

@@ -38,8 +38,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from igan import __version__
-from igan.checkpoint import (flatten_optimizer, load_checkpoint, prefixed, save_checkpoint,
-                             unflatten_optimizer)
+from igan.checkpoint import (checkpoint_metadata, flatten_optimizer, load_checkpoint, prefixed,
+                             save_checkpoint, unflatten_optimizer)
 from igan.compiling import MaybeCompiled
 from igan.config import RunConfig
 from igan.datasets import ImageDataset, load_dataset
@@ -47,10 +47,12 @@ from igan.distributed import Dist
 from igan.errors import IganError, UsageError
 from igan.layers import cacheable_parametrizations
 from igan.models import DOut, ModelDef, Models, initialize_from_data, sample_z
+from igan.plugins import call_impl
 from igan.sampler import Batch, BatchSampler
 from igan.schedules import lr_factor
 
-__all__ = ["LabelTargets", "Step", "Run", "build_run", "discriminator_phase", "generator_phase", "train_step", "fit",
+__all__ = ["LabelTargets", "Step", "Run", "ParallelMember", "INPUT_GRAD_FIELDS", "build_run", "discriminator_phase",
+           "generator_phase", "train_step", "fit",
            "fit_runs", "OneRun", "Terminated"]
 
 
@@ -79,6 +81,9 @@ class Step:
     d_real_g: DOut | None = None  # real-data D outputs the G loss compares against (feature matching)
     net: str = "D"
     logs: dict[str, torch.Tensor] = field(default_factory=dict)
+    # D as this phase calls it (eager, compiled, DDP-wrapped, or vmapped weights under --parallel): a
+    # loss hook that needs one more D pass calls this, never run.discriminator (see docs/hooks.md).
+    discriminator: Any = None
 
     @property
     def config(self) -> RunConfig:
@@ -91,6 +96,17 @@ class Step:
     def log(self, name: str, value: torch.Tensor) -> None:
         """Record a scalar for the logs (kept on the device; synchronised at logging points)."""
         self.logs[name] = value.detach()
+
+
+@dataclass(frozen=True)
+class ParallelMember:
+    """A run trained with others in one process (``--seeds K --parallel``): its index among the K, and
+    the mode (``batched``: the loss hooks run once for all K under vmap; ``interleaved``: each run's own
+    step in turn)."""
+
+    index: int
+    size: int
+    mode: str
 
 
 class Terminated(Exception):
@@ -122,11 +138,24 @@ class Run:
     d_frozen_exec: nn.Module | None = None  # D as the G phase calls it (no DDP: nothing to synchronise)
     cache_weights: bool = False  # compute parametrized (weight-normed) weights once per phase
     fast_path: bool = False  # --fast-path in effect (on CUDA it also captures the step: igan.capture)
+    # Step tensors the D phase creates with requires_grad, because a plugin asked (``needs_input_grad``).
+    input_grads: tuple[str, ...] = ()
+    parallel: "ParallelMember | None" = None  # set when this run is one of --seeds K --parallel
+    records: dict[str, Any] = field(default_factory=dict)  # igan.ownership.plugin_records, for checkpoints
+    epochs_ended: int = 0  # the last epoch whose igan_epoch_end fired (kept across resumes)
+    segments: list[dict[str, Any]] = field(default_factory=list)  # earlier training segments (resumes)
+    segment_start: tuple[int, float] = (0, 0.0)  # (step, perf_counter) at which this segment started
 
     def __post_init__(self) -> None:
         self.g_exec = self.g_exec or self.models.generator
         self.d_exec = self.d_exec or self.models.discriminator
         self.d_frozen_exec = self.d_frozen_exec or self.models.discriminator
+
+    @property
+    def role(self) -> str:
+        """``"gan"`` (a GAN run: `igan train`, or `igan semisup`'s K+1 GAN) or ``"baseline"`` (`igan semisup`'s
+        supervised-only baseline: no G training, D learns from the labelled batch alone)."""
+        return self.config.role
 
     @property
     def generator(self) -> nn.Module:
@@ -239,6 +268,25 @@ def configure(pm: pluggy.PluginManager, config: RunConfig) -> None:
     check_hookimpls(pm)  # plugins registered during configure are checked too
 
 
+INPUT_GRAD_FIELDS = ("x_real", "fake", "x_lab")
+
+
+def requested_input_grads(pm: pluggy.PluginManager) -> tuple[str, ...]:
+    """The step tensors that registered plugins ask to be created with ``requires_grad`` (attribute
+    ``needs_input_grad = ("x_real", ...)`` on the module or per-run object), so a loss hook can
+    differentiate D's outputs with respect to its inputs (R1, R2 penalties) without another D pass."""
+    wanted: set[str] = set()
+    for name, plugin in pm.list_name_plugin():
+        asked = getattr(plugin, "needs_input_grad", ())
+        asked = (asked,) if isinstance(asked, str) else tuple(asked or ())
+        bad = [a for a in asked if a not in INPUT_GRAD_FIELDS]
+        if bad:
+            raise IganError(f"plugin {name!r} asks for gradients of {', '.join(map(repr, bad))}",
+                            hint=f"needs_input_grad may list {', '.join(INPUT_GRAD_FIELDS)}")
+        wanted.update(asked)
+    return tuple(f for f in INPUT_GRAD_FIELDS if f in wanted)
+
+
 def build_run(config: RunConfig, pm: pluggy.PluginManager, run_dir: Path | None = None) -> Run:
     from igan.distributed import setup
 
@@ -267,7 +315,13 @@ def build_run(config: RunConfig, pm: pluggy.PluginManager, run_dir: Path | None 
     if config.batch_size % dist.world:
         raise UsageError(f"--batch-size {config.batch_size} does not split evenly over {dist.world} processes",
                          hint=f"use a multiple of {dist.world}; each process takes an equal shard of every batch")
+    from igan.options import collect_options
+
+    parser = collect_options(pm)
+    if config.resume:  # before igan_configure resolves anything: compare the settings as they were given
+        check_compatible(config, checkpoint_metadata(config.resume)[0], Path(config.resume), parser)
     configure(pm, config)
+    input_grads = requested_input_grads(pm)
     models = build_models(pm, config, model_def, dataset.image_shape, dataset.value_range)
     models.generator.to(device)
     models.discriminator.to(device)
@@ -303,7 +357,11 @@ def build_run(config: RunConfig, pm: pluggy.PluginManager, run_dir: Path | None 
               opt_g=make_optimizer(config.adam, g_params, config.lr, betas),
               opt_d=make_optimizer(config.adam, d_params, config.lr, betas),
               sampler=sampler, device=device, run_dir=run_dir or Path("."), d_trainable=d_params,
-              dist=dist, **_executors(config, device, models, g_exec, d_exec))
+              dist=dist, input_grads=input_grads,
+              **_executors(config, device, models, g_exec, d_exec, input_grads))
+    from igan.ownership import plugin_records
+
+    run.records = plugin_records(pm, parser, config)
     run.targets = pm.hook.igan_label_targets(config=config) or LabelTargets()
     fixed = torch.Generator().manual_seed(config.seed + 1)
     run.fixed_z = sample_z(64, models.z_dim, models.z_dist, "cpu", generator=fixed).to(device)
@@ -311,19 +369,21 @@ def build_run(config: RunConfig, pm: pluggy.PluginManager, run_dir: Path | None 
 
 
 def _executors(config: RunConfig, device: torch.device, models: Models, g_exec: nn.Module,
-               d_exec: nn.Module) -> dict[str, Any]:
+               d_exec: nn.Module, input_grads: tuple[str, ...] = ()) -> dict[str, Any]:
     """What the step calls. The fast path (``--fast-path``, default on CUDA): the models' forward
     passes through ``torch.compile`` (fused elementwise work, fewer kernel launches; eager again if
     compiling fails) and TF32 matmuls. Off on CPU by default: the compiled MNIST MLPs measured about
     1.5x slower there than eager (docs/performance.md). Without it, weight-normed weights are cached
-    per phase; compiled graphs compute them inside the graph instead."""
+    per phase; compiled graphs compute them inside the graph instead. When a plugin asks for input
+    gradients (an input-gradient penalty differentiates D's backward), the D phase's D stays eager:
+    torch.compile's graphs cannot be differentiated twice."""
     fast = config.fast_path if config.fast_path is not None else device.type == "cuda"
     if not fast:
         return {"g_exec": g_exec, "d_exec": d_exec, "d_frozen_exec": models.discriminator,
                 "cache_weights": cacheable_parametrizations(models.generator, models.discriminator)}
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 matmuls (cuDNN convolutions use TF32 already)
-    return {"g_exec": MaybeCompiled(g_exec), "d_exec": MaybeCompiled(d_exec),
+    return {"g_exec": MaybeCompiled(g_exec), "d_exec": d_exec if input_grads else MaybeCompiled(d_exec),
             "d_frozen_exec": MaybeCompiled(models.discriminator), "cache_weights": False, "fast_path": True}
 
 
@@ -364,7 +424,15 @@ def discriminator_phase(run: Run, G, D, z: torch.Tensor, x_real: torch.Tensor, x
     under ``torch.func.vmap`` for K models at once."""
     with torch.no_grad():  # D's input only: G's updates draw their own z
         fake = G(z)
-    step = Step(run=run, it=run.step, x_real=x_real, z=z, fake=fake, d_real=D(x_real), d_fake=D(fake))
+    wants = run.input_grads  # leaves with requires_grad, so d_real etc. differentiate w.r.t. them
+    if "x_real" in wants:
+        x_real = x_real.detach().requires_grad_(True)
+    if "fake" in wants:
+        fake = fake.detach().requires_grad_(True)
+    if x_lab is not None and "x_lab" in wants:
+        x_lab = x_lab.detach().requires_grad_(True)
+    step = Step(run=run, it=run.step, x_real=x_real, z=z, fake=fake, d_real=D(x_real), d_fake=D(fake),
+                discriminator=D)
     if x_lab is not None:
         step.x_lab, step.y_lab = x_lab, y_lab
         step.d_lab = D(x_lab)
@@ -378,6 +446,7 @@ def generator_phase(step: Step, G, D, z: torch.Tensor, x_real_g: torch.Tensor | 
     without gradients) or else the D phase's real batch."""
     step.net = "G"
     step.z = z
+    step.discriminator = D
     step.fake = G(z)
     if first and x_real_g is not None:
         with torch.no_grad():  # only its (detached) features are used
@@ -444,13 +513,15 @@ def run_state(run: Run) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if run.device.type == "cuda":
         tensors["rng.cuda"] = torch.cuda.get_rng_state(run.device)
     for impl in run.pm.hook.igan_checkpoint_tensors.get_hookimpls():
-        extra = impl.function(**hook_args(impl, run=run)) or {}
+        extra = call_impl(impl, "igan_checkpoint_tensors", run=run) or {}
         tensors.update({f"plugin.{impl.plugin_name}.{k}": v for k, v in extra.items()})
     infos = getattr(run.pm, "igan_infos", {})
     meta = {"igan_version": __version__, "config": json.loads(run.config.to_json()),
             "plugins": {name: info.version for name, info in infos.items() if info.error is None},
+            "plugin_records": run.records,
             "model": {"name": run.config.model, "kwargs": run.config.model_kwargs},
             "opt_groups": {"G": groups_g, "D": groups_d}, "step": run.step, "epoch": run.epoch,
+            "epochs_ended": run.epochs_ended, "metrics": run.last_metrics, "segments": _segments(run),
             "data": {"name": run.dataset.name, "image_shape": list(run.dataset.image_shape),
                      "scale": run.dataset.scale, "shift": run.dataset.shift, "max_value": run.dataset.max_value,
                      "num_classes": run.dataset.num_classes}}
@@ -459,6 +530,13 @@ def run_state(run: Run) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
 def hook_args(impl: pluggy.HookImpl, **available: Any) -> dict[str, Any]:
     return {k: v for k, v in available.items() if k in impl.argnames}
+
+
+def _segments(run: Run) -> list[dict[str, Any]]:
+    """The training segments so far, this one included: [{"steps": [from, to], "seconds": s}, ...]."""
+    start, t0 = run.segment_start
+    current = [{"steps": [start, run.step], "seconds": round(time.perf_counter() - t0, 3)}] if t0 else []
+    return [*run.segments, *current]
 
 
 def save_run(run: Run, path: Path | None = None) -> Path:
@@ -516,10 +594,19 @@ def check_compatible(config: RunConfig, meta: dict[str, Any], path: Path, parser
 
 
 def restore_run(run: Run, path: Path) -> None:
-    from igan.options import collect_options
+    """Put a checkpoint's state into a built run (``--resume``). Refuses, before anything is written, a
+    checkpoint with plugin state no registered object owns and a target below the checkpoint's step."""
+    from igan.ownership import check_tensor_owners
 
     tensors, meta = load_checkpoint(path, run.device)
-    check_compatible(run.config, meta, path, collect_options(run.pm))
+    check_tensor_owners(path, tensors, run.pm)
+    step = int(meta["step"])
+    if step > run.total_steps:
+        c = run.config
+        target = f"--steps {c.steps}" if c.steps is not None else f"--epochs {c.epochs}"
+        raise UsageError(f"{path} is at step {step}, beyond the new target {target} ({run.total_steps} steps)",
+                         hint=f"give a target beyond step {step} (--steps or --epochs) to train further, or "
+                              "leave both out to keep the run's own; nothing was written")
     load_weights(run.models, tensors, path, "the checkpoint was made with another architecture or technique set")
     groups = meta["opt_groups"]
     unflatten_optimizer(run.opt_g, prefixed(tensors, "opt_G"), groups["G"])
@@ -528,10 +615,14 @@ def restore_run(run: Run, path: Path) -> None:
     torch.set_rng_state(tensors["rng.torch"].cpu())
     if "rng.cuda" in tensors and run.device.type == "cuda":
         torch.cuda.set_rng_state(tensors["rng.cuda"].cpu(), run.device)
-    run.step = int(meta["step"])  # before the plugins, so they can rebuild schedules from it
+    run.step = step  # before the plugins, so they can rebuild schedules from it
+    # Checkpoints before these records: the epochs completed (a partial last epoch may fire again).
+    run.epochs_ended = int(meta.get("epochs_ended", step // run.steps_per_epoch))
+    run.last_metrics = dict(meta.get("metrics") or {})
+    run.segments = list(meta.get("segments") or [])
     for impl in run.pm.hook.igan_restore_tensors.get_hookimpls():
         own = prefixed(tensors, f"plugin.{impl.plugin_name}")
-        impl.function(**hook_args(impl, run=run, tensors=own))
+        call_impl(impl, "igan_restore_tensors", run=run, tensors=own)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -622,15 +713,21 @@ def fit_runs(trainer: Any, resumes: list[Path | None], progress: bool = True) ->
     total = first.total_steps
     spe = first.steps_per_epoch
     log_every = max(1, first.config.log_every)
+    every = first.config.checkpoint_every
     metrics = [_MetricsLog(run.run_dir / "metrics.jsonl", active=main) for run in runs]
     acc: list[dict[str, torch.Tensor]] = [{} for _ in runs]
     n_acc = 0
     last_values: list[dict[str, float]] = [{} for _ in runs]
     for i, run in enumerate(runs):
         if run.step >= total:  # resumed at its end already: report the numbers it finished with
-            last_values[i], run.last_metrics = _finished_results(run)
+            last_values[i], metrics_then = _finished_results(run)
+            run.last_metrics = run.last_metrics or metrics_then
+            if main and i == 0:
+                _say_finished(run)
     t0 = time.perf_counter()
     start_step = first.step
+    for run in runs:
+        run.segment_start = (run.step, t0)
     labels = [f" (seed {run.config.seed})" if len(runs) > 1 else "" for run in runs]
 
     # Ctrl-C and SIGTERM only raise a flag; the loop acts on it between steps, so the checkpoint it
@@ -682,10 +779,11 @@ def fit_runs(trainer: Any, resumes: list[Path | None], progress: bool = True) ->
                         run.pm.hook.igan_log(run=run, step=step, values=last_values[i])
                     acc, n_acc = [{} for _ in runs], 0
                     shown = {**_mean_over_runs(last_values), **_mean_over_runs([run.last_metrics for run in runs])}
-                    bar.update(step, {k.split("/")[-1] if k.count("/") == 1 else k: v for k, v in shown.items()})
-                if end_of_epoch:
-                    epoch = math.ceil(step / spe)
+                    bar.update(step, display_names(shown))
+                epoch = math.ceil(step / spe)
+                if end_of_epoch and epoch > first.epochs_ended:  # once per epoch, resumes included
                     for i, run in enumerate(runs):
+                        run.epochs_ended = epoch
                         with trainer.active(i):
                             found: dict[str, float] = {}
                             for result in run.pm.hook.igan_epoch_end(run=run, epoch=epoch):
@@ -699,8 +797,8 @@ def fit_runs(trainer: Any, resumes: list[Path | None], progress: bool = True) ->
                                 save_png(make_grid(images), run.run_dir / "samples" / f"epoch_{epoch:04d}.png",
                                          upscale=4 if max(images.shape[-2:]) < 64 else 1)
                     save_all()
-                elif first.config.checkpoint_every and step % first.config.checkpoint_every == 0:
-                    save_all()
+                elif end_of_epoch or (every and step % every == 0):
+                    save_all()  # the end of training inside an epoch whose end already fired, or periodic
     except (KeyboardInterrupt, Terminated):
         if not in_step:  # a second Ctrl-C mid-step keeps the previous (consistent) checkpoint instead
             save_all()  # nothing lost: the interrupted run resumes from here
@@ -720,10 +818,14 @@ def fit_runs(trainer: Any, resumes: list[Path | None], progress: bool = True) ->
     elapsed = time.perf_counter() - t0
     summaries = []
     for i, run in enumerate(runs):
+        segments = _segments(run) if run.step > start_step else list(run.segments)
+        seconds = sum(seg["seconds"] for seg in segments)
         summary = {"run_dir": str(run.run_dir),
                    "checkpoint": str(run.run_dir / "checkpoints" / "last.safetensors"),
-                   "steps": run.step, "epochs": run.step / spe, "seconds": round(elapsed, 3),
-                   "steps_per_second": round((run.step - start_step) / max(elapsed, 1e-9), 2),
+                   "steps": run.step, "epochs": run.step / spe,
+                   "seconds": round(seconds, 3),  # all segments: the first run and every resume
+                   "segments": segments,
+                   "steps_per_second": round((run.step - start_step) / max(elapsed, 1e-9), 2),  # this segment
                    "losses": last_values[i], "metrics": run.last_metrics}
         if main:
             (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -738,6 +840,25 @@ def _set_lr(trainer: Any, run: Run) -> None:
     for opt in trainer.optimizers():
         for group in opt.param_groups:
             group["lr"] = lr
+
+
+def display_names(values: dict[str, float]) -> dict[str, float]:
+    """The names the progress line shows: the main losses ``loss/D``, ``loss/G`` as ``D``, ``G``; every
+    other name as logged, so two plugins' ``a/grad`` and ``b/grad`` never show as the same ``grad``."""
+    short = {k: k.removeprefix("loss/") if k in ("loss/D", "loss/G") else k for k in values}
+    clash = {n for n in short.values() if list(short.values()).count(n) > 1}
+    return {(k if short[k] in clash else short[k]): v for k, v in values.items()}
+
+
+def _say_finished(run: Run) -> None:
+    """``--resume`` of a run already at its target: say so, and how to extend it."""
+    from igan.console import warn
+
+    c = run.config
+    where = run.run_dir
+    warn(f"{where} is already finished: it is at step {run.step} of {run.total_steps}; nothing to train",
+         hint=f"to train further: igan {c.command} --resume {where} --steps N (N > {run.step}) or --epochs E "
+              f"(E > {run.step / run.steps_per_epoch:g})")
 
 
 def _finished_results(run: Run) -> tuple[dict[str, float], dict[str, float]]:

@@ -3,6 +3,7 @@
 Modes (argv[1]):
 - grads: one D update's gradients under DDP (each rank a half batch) equal a single process's gradients
   on the whole batch; rank 0 writes "ok" to argv[2] or raises.
+- r1: the same with the R1 test plugin's input-gradient penalty (tests/plugins/igan-r1) in the loss.
 - identical: after a few training steps with --ha on a semi-supervised run, the historical averages and
   the evaluation EMA are bit-identical on every rank; rank 0 writes "ok" to argv[2].
 """
@@ -44,6 +45,41 @@ def grads(out: Path, tmp: Path) -> None:
         if p.requires_grad:
             torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
     if rank == 0:
+        out.write_text("ok")
+
+
+def r1(out: Path, tmp: Path) -> None:
+    """An input-gradient penalty through the host's mechanism (needs_input_grad: x_real created with
+    requires_grad, the R1 test plugin differentiating d_real in its loss hook) under DDP: D's gradients
+    over 2 half batches equal one process's on the whole batch."""
+    sys.path.insert(0, str(Path(__file__).parent / "plugins" / "igan-r1"))
+    import igan_r1
+
+    from igan.train import discriminator_phase
+
+    config = RunConfig(dataset="digits", steps=1, batch_size=20, seed=3, device="cpu",
+                       model_kwargs={"noise": False}, options={"r1": 5.0})
+    pm = get_plugin_manager(extra=[("r1", igan_r1)])
+    run = build_run(config, pm, tmp)
+    assert run.input_grads == ("x_real",) and run.dist.enabled
+    pm.hook.igan_train_start(run=run)
+    reference = copy.deepcopy(run.discriminator)
+    gen = torch.Generator().manual_seed(7)
+    x = run.dataset.to_float(run.dataset.x_train[:20])
+    fake = torch.rand(20, *run.dataset.image_shape, generator=gen)
+    per = 20 // run.dist.world
+    part = slice(run.dist.rank * per, (run.dist.rank + 1) * per)
+    z = torch.zeros(20, run.models.z_dim)
+    loss, step = discriminator_phase(run, lambda _: fake[part], run.d_exec, z[part], x[part])
+    assert "loss/D/r1" in step.logs and float(step.logs["loss/D/r1"]) > 0
+    loss.backward()  # DDP averages the gradients over ranks
+    loss_ref, _ = discriminator_phase(run, lambda _: fake, reference, z, x)
+    loss_ref.backward()
+    for (name, p), q in zip(run.discriminator.named_parameters(), reference.parameters()):
+        if p.requires_grad:  # float32 sums in another order: agree to rounding of the largest entry
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5 * float(q.grad.abs().max()),
+                                       msg=lambda m: f"{name}: {m}")
+    if run.dist.rank == 0:
         out.write_text("ok")
 
 
@@ -96,7 +132,7 @@ def syncbn(out: Path, tmp: Path) -> None:
 
 if __name__ == "__main__":
     mode, out, tmp = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
-    {"grads": grads, "identical": identical, "syncbn": syncbn}[mode](out, tmp)
+    {"grads": grads, "r1": r1, "identical": identical, "syncbn": syncbn}[mode](out, tmp)
     # Free the DDP wrappers (reference cycles keep runs alive) before the process group goes: a reducer
     # destroyed after its group aborts the process ("terminate called without an active exception").
     gc.collect()

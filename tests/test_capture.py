@@ -152,6 +152,12 @@ def test_refusals_name_the_reason(tmp_path, options, needles):
         assert needle in reason
 
 
+def test_input_gradient_runs_are_not_captured(tmp_path):
+    run = _build(tmp_path)
+    run.input_grads = ("x_real",)  # what a plugin's needs_input_grad sets (igan.train)
+    assert "needs_input_grad" in capture.refusal([run], [run.opt_g, run.opt_d])
+
+
 def test_a_third_party_plugin_without_the_declaration_is_refused(tmp_path):
     pytest.importorskip("igan_gen_ema")
     run = _build(tmp_path, "train", g_ema=0.99)

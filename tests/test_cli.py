@@ -205,7 +205,7 @@ def test_resume_with_another_technique_set_is_refused(train_cli, run_cli, tmp_pa
     assert train_cli(run, steps=2)[0] == 0
     before = {p: (run / p).read_bytes() for p in ("config.json", "metrics.jsonl", "/".join(CKPT))}
     code, out, err = run_cli(["train", "--steps", "4", *TINY, "--resume", _ckpt(run), "--fm"])
-    assert_clean_error(code, out, err, 1, "technique", str(_ckpt(run)))
+    assert_clean_error(code, out, err, 2, "differ", "--fm (the checkpoint: --no-fm)", str(_ckpt(run)))
     # a refused resume leaves the run exactly as it was (config.json included)
     assert {p: (run / p).read_bytes() for p in before} == before
 

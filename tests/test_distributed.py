@@ -51,9 +51,10 @@ def test_two_gloo_processes_train_with_techniques_and_write_one_checkpoint(tmp_p
     assert json.loads(proc.stdout)["steps"] == 5
 
 
-@pytest.mark.parametrize("mode", ["grads", "identical", "syncbn"])
+@pytest.mark.parametrize("mode", ["grads", "r1", "identical", "syncbn"])
 def test_ddp_worker(mode, tmp_path):
     """grads: DDP gradients (2 half batches) equal one process's on the whole batch;
+    r1: the same with an input-gradient penalty (needs_input_grad) in D's loss;
     identical: historical averages and the evaluation EMA stay bit-identical across ranks;
     syncbn: with --sync-bn, G's batch norm over 2 half batches equals one process's on the whole batch."""
     flag = tmp_path / "ok"

@@ -10,10 +10,12 @@ from igan.errors import UsageError
 
 
 def require_enabled(config: RunConfig, technique: str, flag: str, **defaults: Any) -> None:
-    """Refuse options of a technique that is not switched on (a usage error naming both flags)."""
+    """Refuse options of a technique that is not switched on (a usage error naming both flags): those
+    typed explicitly (``config.is_given``), even at their default value, and those that differ from it."""
     if config.opt(technique):
         return
-    given = [name for name, default in defaults.items() if config.opt(name, default) != default]
+    given = [name for name, default in defaults.items()
+             if config.is_given(name) or config.opt(name, default) != default]
     if given:
         shown = ", ".join("--" + g.replace("_", "-") for g in given)
         raise UsageError(f"{shown} given without {flag}", hint=f"add {flag}, or drop {shown}")

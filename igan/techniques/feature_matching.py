@@ -14,6 +14,9 @@ from igan import losses
 from igan.errors import UsageError
 from igan.plugins import hookimpl
 
+# A G loss only: `igan sample`/`evaluate` rebuild the same models without this plugin.
+affects_inference = False
+
 
 def enabled(config) -> bool:
     """On with --fm; semi-supervised runs use it unless --no-fm (it is the loss behind Tables 1-2)."""
@@ -50,8 +53,12 @@ class FeatureMatching:
 
 @hookimpl
 def igan_configure(config, pm):
-    if config.opt("fm_norm") is not None and not enabled(config):
+    if (config.opt("fm_norm") is not None or config.is_given("fm_norm")) and not enabled(config):
         raise UsageError("--fm-norm given without feature matching", hint="add --fm, or drop --fm-norm")
+    # Record the resolved values (checkpoints and config.json then say what was used, and a resume
+    # compares `--fm` with a semisup run's default-on as equal).
+    config.options["fm"] = enabled(config)
     if enabled(config):
-        pm.register(FeatureMatching(config.opt("fm_norm") or default_norm(config.model)), "feature_matching.run")
+        config.options["fm_norm"] = config.opt("fm_norm") or default_norm(config.model)
+        pm.register(FeatureMatching(config.options["fm_norm"]), "feature_matching.run")
 

@@ -12,6 +12,9 @@ import torch
 
 from igan import losses
 from igan.plugins import hookimpl
+
+# A loss term only: `igan sample`/`evaluate` rebuild the same models without this plugin.
+affects_inference = False
 from igan.techniques import require_enabled
 
 DEFAULT_WEIGHT = 0.01

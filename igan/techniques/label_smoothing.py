@@ -15,6 +15,9 @@ from __future__ import annotations
 
 from igan.errors import UsageError
 from igan.plugins import hookimpl
+
+# Loss targets only: `igan sample`/`evaluate` rebuild the same models without this plugin.
+affects_inference = False
 from igan.techniques import require_enabled
 
 DEFAULT_ALPHA = 0.9

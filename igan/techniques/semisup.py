@@ -68,6 +68,7 @@ def igan_configure(config, pm):
     if n % k:
         raise UsageError(f"--labels {n} is not divisible by the {k} classes",
                          hint=f"the labelled set is class-balanced: use a multiple of {k}, e.g. {k * max(1, n // k)}")
+    config.options["labels"] = n  # the resolved count (the dataset's default when not given), as recorded
     if config.opt("supervised_only"):
         config.g_steps = 0  # the baseline never trains G
     pm.register(SemiSupervised(config), "semisup.run")

@@ -24,6 +24,9 @@ from typing import Any
 from igan.errors import UsageError
 from igan.plugins import hookimpl
 
+# A logger: `igan sample`/`evaluate` rebuild the same models without this plugin.
+affects_inference = False
+
 HINT = 'pip install "igan[tensorboard]"'
 PANEL = "Logging"
 

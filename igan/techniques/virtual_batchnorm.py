@@ -28,6 +28,8 @@ def igan_addoption(parser):
 @hookimpl
 def igan_configure(config, pm):
     require_enabled(config, "vbn", "--vbn", vbn_ref_size=None)
+    if config.opt("vbn") and config.opt("vbn_ref_size") is None:  # record the size used (the batch size)
+        config.options["vbn_ref_size"] = config.batch_size or 100
 
 
 @hookimpl
