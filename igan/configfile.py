@@ -7,8 +7,8 @@ options (``fm``, ``mbd_kernels``, ...), at the top level or under ``model_kwargs
 config.json writes them, and the command's other settings (``seeds``, ``parallel``, ``baseline``).
 Dashes in keys may stand for underscores. A flag given on the command line wins over the file.
 
-``out`` and ``resume`` (where that run was written, what it continued) and ``num_classes`` (derived
-from the dataset) are records, not settings: they are not read back. ``command`` must name the command
+``out`` and ``resume`` (where that run was written, what it continued), ``num_classes`` and
+``dataset_info`` (derived from the dataset) are records, not settings: they are not read back. ``command`` must name the command
 being run. Every other key must be a setting of the command: an unknown key is a usage error naming
 it (except, in the ``options`` table, an option of a plugin not installed here that the file's run
 did not set: config.json records every installed plugin's options, used or not). Values are checked as the command line checks them (types, bounds, choices).
@@ -31,7 +31,7 @@ from igan.errors import UsageError
 
 __all__ = ["read_config_file", "apply_config_file"]
 
-RECORDS = ("out", "resume", "num_classes", "command", "given")
+RECORDS = ("out", "resume", "num_classes", "command", "given", "dataset_info")
 NOT_SETTINGS = ("as_json", "disable_plugin", "config")  # output format and plugin blocking: per command
 
 

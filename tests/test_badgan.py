@@ -182,3 +182,16 @@ def test_parallel_seeds_equal_single_runs(run_cli, tmp_path, single_thread, mode
                 torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
             else:
                 assert torch.equal(a[key], b[key]), key
+
+
+def test_checkpoints_evaluate_without_the_bad_gan_plugins(run_cli, tmp_path, single_thread):
+    """The three terms change losses only (affects_inference = False): a checkpoint trained with them
+    samples and reports its test error where they are disabled, and resumes only where they are not."""
+    run = tmp_path / "run"
+    _semisup(run_cli, run, "--pull-away", "--cond-entropy", "--low-density", steps=3)
+    env = {"IGAN_DISABLE_PLUGINS": "pull_away,cond_entropy,low_density"}
+    code, out, err = run_cli(["evaluate", run, "--metric", "error", "--json"], env=env)
+    assert code == 0, err
+    assert json.loads(out)["test_errors"] >= 0
+    code, out, err = run_cli(["semisup", "--resume", run, "--steps", "4"], env=env)
+    assert code == 1 and "low_density" in err  # training needs them: the resume refuses

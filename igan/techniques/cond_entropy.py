@@ -19,6 +19,8 @@ from igan.plugins import hookimpl
 from igan.techniques import require_enabled
 
 DEFAULT_WEIGHT = 0.1
+# A loss term only: checkpoints sample and evaluate without this plugin installed.
+affects_inference = False
 PANEL = "Conditional entropy (Bad GAN)"
 SEMISUP = ("semisup",)
 

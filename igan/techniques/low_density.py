@@ -34,6 +34,8 @@ from igan import losses
 from igan.plugins import hookimpl
 from igan.techniques import require_enabled
 
+# A loss term only: checkpoints sample and evaluate without this plugin installed.
+affects_inference = False
 PANEL = "Low-density generator (Bad GAN)"
 SEMISUP = ("semisup",)
 DEFAULTS = {"ld_weight": 1e-3, "ld_quantile": 0.1, "ld_start": 0, "ld_dims": 50, "ld_components": 50}

@@ -18,6 +18,8 @@ from igan.plugins import hookimpl
 from igan.techniques import require_enabled
 
 DEFAULT_WEIGHT = 0.8
+# A loss term only: checkpoints sample and evaluate without this plugin installed.
+affects_inference = False
 PANEL = "Pull-away term (Bad GAN)"
 
 
