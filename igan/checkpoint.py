@@ -10,17 +10,22 @@ Layout of the tensor names::
 
 Metadata (safetensors allows only str -> str): ``format`` (an integer version), ``igan_version``,
 ``config`` (RunConfig JSON), ``model`` (registry name + kwargs), ``plugins`` (name -> version),
-``opt_groups`` (optimizer hyperparameters), ``step``, ``epoch``.
+``opt_groups`` (optimizer hyperparameters), ``step``, ``epoch``, ``data`` (what turns outputs into
+pixels), and ``digest``: SHA-256 of every tensor (name, dtype, shape, bytes) and of the other entries.
 
 Writes are atomic: a temporary file in the same folder is written, fsynced and renamed over the target,
-so a crash mid-write leaves the previous checkpoint intact. Loading never unpickles anything.
+so a crash mid-write leaves the previous checkpoint intact. Loading never unpickles anything, verifies
+the digest (damage is an error naming the file; checkpoints written before the digest existed load
+unverified) and checks the metadata against its schema (``igan.metadata``).
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
-import tempfile
+import re
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +34,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from igan.errors import IganError
+from igan.fileio import atomic_write
 
-__all__ = ["FORMAT_VERSION", "save_checkpoint", "load_checkpoint", "flatten_optimizer",
-           "unflatten_optimizer", "prefixed"]
+__all__ = ["FORMAT_VERSION", "DIGEST_KEY", "save_checkpoint", "load_checkpoint", "tensor_digest", "flatten_optimizer",
+           "unflatten_optimizer", "prefixed", "nonfinite"]
 
 FORMAT_VERSION = 1
+DIGEST_KEY = "digest"  # "sha256:<hex>" of the tensors and the other metadata entries (tensor_digest)
 
 
 def prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -59,37 +66,59 @@ def unflatten_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Ten
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
+def tensor_digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """SHA-256 of the metadata (every entry but the digest) and of each tensor's name, dtype, shape and
+    bytes, in name order. safetensors keeps no checksum: a flipped bit in the data area or a dtype
+    changed in the header (F32 to I32, same size) would otherwise load and be used."""
+    h = hashlib.sha256()
+    for key in sorted(metadata):
+        if key != DIGEST_KEY:
+            h.update(json.dumps([key, metadata[key]]).encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach()
+        if t.device.type != "cpu" or not t.is_contiguous():
+            t = t.to("cpu").contiguous()
+        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return "sha256:" + h.hexdigest()
+
+
+def _safetensors_os_error(exc: SafetensorError, filename: str) -> OSError:
+    """safetensors reports I/O failures as SafetensorError ("... No space left on device (os error 28)"):
+    the OSError it stands for, so a full disk is reported like any other failed write."""
+    found = re.search(r"\(os error (\d+)\)", str(exc))
+    code = int(found.group(1)) if found else errno.EIO
+    return OSError(code, os.strerror(code) if found else str(exc), filename)
+
+
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
-    """Write atomically: temp file in the same folder, fsync, rename, fsync the folder."""
+    """Write atomically (``igan.fileio.atomic_write``: temp file, fsync, rename, fsync the folder), with a
+    digest of the tensors and metadata. I/O failures raise ``OSError``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
     meta["format"] = str(FORMAT_VERSION)
     # safetensors refuses shared or non-contiguous storage: give it plain CPU copies.
     plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(plain, tmp, metadata=meta)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
+    meta[DIGEST_KEY] = tensor_digest(plain, meta)
+
+    def write(tmp: str) -> None:
         try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+            save_file(plain, tmp, metadata=meta)
+        except SafetensorError as exc:
+            raise _safetensors_os_error(exc, tmp) from exc
+
+    atomic_write(path, write)
 
 
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu"
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", require: tuple[str, ...] = ()
                     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a checkpoint straight onto ``device``; returns (tensors, metadata with JSON decoded)."""
+    """Read a checkpoint onto ``device``; returns (tensors, metadata with JSON decoded).
+
+    The digest written with the file is verified (files written before igan stored one load without
+    the check), and the metadata is checked against its schema (``igan.metadata``) before anything is
+    built from it; ``require`` names entries that must be present (``data`` to rebuild the models,
+    ``opt_groups`` and ``step`` to resume)."""
     path = Path(path)
     if not path.is_file():
         raise IganError(f"checkpoint not found: {path}",
@@ -99,7 +128,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu"
 
         with safe_open(str(path), framework="pt") as f:
             raw_meta = f.metadata() or {}
-        tensors = load_file(str(path), device=str(device))
+        tensors = load_file(str(path), device="cpu")  # verified on the CPU, then moved
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise IganError(f"{path} is not a readable safetensors checkpoint ({str(exc).splitlines()[0]})",
                         hint="the file may be truncated or not an igan checkpoint; use checkpoints/last.safetensors "
@@ -117,10 +146,28 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu"
     if version > FORMAT_VERSION:
         raise IganError(f"{path} has checkpoint format {version}, this igan reads format "
                         f"{FORMAT_VERSION}", hint="upgrade igan (pip install -U igan) to read it")
+    if DIGEST_KEY in raw_meta and tensor_digest(tensors, raw_meta) != raw_meta[DIGEST_KEY]:
+        raise IganError(f"{path} is damaged: its contents do not match the digest igan wrote with them",
+                        hint="the file changed after it was written (a disk or copy error, or an edit); use "
+                             "another copy or an earlier checkpoint of the run")
     meta: dict[str, Any] = {}
     for k, v in raw_meta.items():
         try:
             meta[k] = json.loads(v)
         except json.JSONDecodeError:
             meta[k] = v
+    from igan.metadata import check_metadata
+
+    check_metadata(meta, path, require)
+    if torch.device(device).type != "cpu":
+        tensors = {k: v.to(device) for k, v in tensors.items()}
     return tensors, meta
+
+
+def nonfinite(tensors: dict[str, torch.Tensor], prefixes: tuple[str, ...] = ("G.", "D.")) -> list[str]:
+    """Names of the floating-point tensors under ``prefixes`` that hold NaN or infinity."""
+    names = [k for k, v in tensors.items() if k.startswith(prefixes) and v.is_floating_point()]
+    if not names:
+        return []
+    finite = torch.stack([tensors[k].isfinite().all() for k in names]).tolist()  # one host sync
+    return [k for k, ok in zip(names, finite) if not ok]

@@ -85,7 +85,8 @@ def test_write_error_is_an_igan_error_from_fit(tmp_path, monkeypatch):
     with pytest.raises(IganError) as info:
         fit(run, progress=False)
     assert str(tmp_path / "run" / "checkpoints" / "last.safetensors") in info.value.message
-    assert "intact" in info.value.hint
+    # the first checkpoint of the run failed: the hint must not claim a previous one is intact
+    assert "no checkpoint had been written yet" in info.value.hint and "intact" not in info.value.hint
     assert isinstance(info.value.__cause__, OSError)
 
 
