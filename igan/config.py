@@ -83,9 +83,10 @@ _RANGES: dict[str, tuple[float, float | None, bool]] = {
     "seed": (0, SEED_MAX, False), "epochs": (1, None, False), "steps": (1, None, False),
     "batch_size": (1, None, False), "lr": (0.0, None, False), "lr_decay_from": (0, None, False),
     "lr_warmup": (0, None, False), "beta1": (0.0, 1.0, True), "beta2": (0.0, 1.0, True),
-    "g_steps": (1, None, False), "log_every": (1, None, False), "checkpoint_every": (1, None, False),
+    "g_steps": (0, None, False),  # 0: the supervised-only baseline of semisup, which trains no G
+    "log_every": (1, None, False), "checkpoint_every": (1, None, False),
     "num_classes": (1, MAX_CLASSES, False)}
-_CHOICES = {"command": ("train", "semisup"), "adam": ("reference", "torch"), "g_loss": ("ns", "minimax"),
+CHOICES = {"command": ("train", "semisup"), "adam": ("reference", "torch"), "g_loss": ("ns", "minimax"),
             "lr_schedule": ("linear", "cosine")}
 _OPTION_TYPES = (bool, int, float, str, type(None))
 
@@ -140,8 +141,8 @@ def config_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
                 span = f"in [{low}, {high})" if open_high else (f"in {low}..{high}" if high is not None
                                                                   else f">= {low}")
                 problems.append((name, f"must be {span}, got {value!r}"))
-        elif name in _CHOICES and value not in _CHOICES[name]:
-            problems.append((name, f"must be one of {', '.join(_CHOICES[name])}, got {value!r}"))
+        elif name in CHOICES and value not in CHOICES[name]:
+            problems.append((name, f"must be one of {', '.join(CHOICES[name])}, got {value!r}"))
     for key, value in (data.get("model_kwargs") or {}).items() if isinstance(data.get("model_kwargs"), dict) else ():
         if key not in MODEL_SWITCHES:
             problems.append((f"model_kwargs.{key}", f"is not a model switch (those are {', '.join(MODEL_SWITCHES)})"))

@@ -48,9 +48,12 @@ def current_umask() -> int:
 def new_file_mode(path: str | os.PathLike[str]) -> int:
     """The permission bits ``open(path, "w")`` would leave ``path`` with."""
     try:
-        return stat.S_IMODE(os.stat(path).st_mode)
+        st = os.stat(path)
     except OSError:
-        return 0o666 & ~current_umask()
+        st = None
+    if st is not None and stat.S_ISREG(st.st_mode):
+        return stat.S_IMODE(st.st_mode)
+    return 0o666 & ~current_umask()
 
 
 def apply_new_file_mode(tmp: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:

@@ -190,7 +190,8 @@ def collect_options(pm, reserved: Mapping[str, str] | None = None) -> OptionPars
         reserved = getattr(pm, "igan_reserved", None)
     parser = OptionParser(owners=dict(reserved or {}))
     infos = getattr(pm, "igan_infos", {})
-    for impl in reversed(pm.hook.igan_addoption.get_hookimpls()):  # registration order
+    impls = pm.hook.igan_addoption.get_hookimpls()  # registration order: the first to declare a name owns it
+    for impl in impls:
         info = infos.get(impl.plugin_name)
         parser._plugin = impl.plugin_name
         parser._builtin = info is None or info.builtin
@@ -206,4 +207,7 @@ def collect_options(pm, reserved: Mapping[str, str] | None = None) -> OptionPars
         else:
             continue
         parser.options, parser.owners = options, owners  # none of the broken plugin's options
+    # shown (help panels, signatures) in call order, the last registered plugin's options first
+    rank = {impl.plugin_name: i for i, impl in enumerate(reversed(impls))}
+    parser.options = dict(sorted(parser.options.items(), key=lambda kv: rank.get(kv[1].plugin, -1)))
     return parser

@@ -256,9 +256,10 @@ def check_settings(config: RunConfig) -> None:
     out of range, ...: ``igan.config.config_problems``), before anything is trained."""
     from dataclasses import asdict
 
-    from igan.config import config_problems
+    from igan.config import CHOICES, config_problems
 
-    for name, why in config_problems({k: v for k, v in asdict(config).items() if k != "options"}):
+    # choices are reported by ``configure`` with a hint each; plugin options by their parser
+    for name, why in config_problems({k: v for k, v in asdict(config).items() if k not in ("options", *CHOICES)}):
         flag = "--" + name.split(".")[-1].replace("_", "-")
         raise UsageError(f"{flag} {why}", hint=f"run `igan {config.command} --help` for the options")
 

@@ -222,30 +222,35 @@ class TooLarge(IganError):
     """Compressed data that inflates past what its format can hold."""
 
 
+_NOT_OFFICIAL = "the file is not the official one (or is a decompression bomb); delete it and download it again"
+
+
 def _too_large(path: Path | str, limit: int, what: str) -> TooLarge:
-    return TooLarge(f"{path} holds more than the {limit:,} bytes of {what} (it inflates past them)",
-                    hint="the file is not the official one (or is a decompression bomb); delete it and download "
-                         "it again")
+    return TooLarge(f"{path} inflates past the {limit:,} bytes of {what}; reading stopped there", hint=_NOT_OFFICIAL)
 
 
 def check_size(path: Path, limit: int, what: str) -> None:
     """Refuse a file on disk larger than ``limit`` bytes before reading it into memory."""
     size = path.stat().st_size
     if size > limit:
-        raise _too_large(path, limit, what)
+        raise TooLarge(f"{path} is {size:,} bytes, more than {what} can be ({limit:,})", hint=_NOT_OFFICIAL)
 
 
 def read_gzip(path: Path, limit: int, what: str) -> bytes:
     """The decompressed bytes of a ``.gz`` file, reading no more than ``limit`` + 1 bytes of output."""
+    chunks, total = [], 0
     try:
         with gzip.open(path, "rb") as f:
-            data = f.read(limit + 1)
+            # in chunks: one read(limit + 1) would allocate the whole limit up front, even for a tiny file
+            while total <= limit and (chunk := f.read(min(_CHUNK, limit + 1 - total))):
+                chunks.append(chunk)
+                total += len(chunk)
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise IganError(f"{path}: not a valid gzip file ({e})",
                         hint="the file is truncated or damaged; delete it and download it again") from None
-    if len(data) > limit:
+    if total > limit:
         raise _too_large(path, limit, what)
-    return data
+    return b"".join(chunks)
 
 
 class _Capped(io.RawIOBase):
