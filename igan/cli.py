@@ -122,7 +122,6 @@ def make_config(command: str, values: dict[str, Any], parser,
                 given: list[str] | None = None) -> "RunConfig":  # noqa: F821
     """The run's configuration from the parsed values; ``given`` names the ones typed on the command line."""
     from igan.config import RunConfig
-
     from igan.train import check_settings
 
     parser.validate_choices(values)

@@ -141,7 +141,7 @@ class OptionParser:
             if problem:
                 raise UsageError(f"{o.cli_flag} {problem}",
                                  hint=f"for example {o.cli_flag} {o.choices[0]}" if o.choices else
-                                 f"{o.help}" if o.help else "see --help for the option")
+                                 f"give {o.cli_flag} a finite number ({o.help})")
 
     def value_problems(self, values: dict[str, Any]) -> list[tuple[str, str]]:
         """``(name, what is wrong)`` for values that do not fit their option's declaration (type, choices,

@@ -181,8 +181,8 @@ def resolve_device(name: str) -> torch.device:
     """The torch device for ``--device``: auto (CUDA when there is one), cpu, cuda, cuda:N or mps."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    kind, _, index = str(name).partition(":")
-    if kind not in ("cpu", "cuda", "mps") or (index and (kind != "cuda" or not index.isdigit())):
+    kind, sep, index = str(name).partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (sep and (kind != "cuda" or not index.isdigit())):
         raise UsageError(f"--device {name} is not a device igan can train on",
                          hint=f"use one of: {DEVICE_NAMES}")
     if kind == "cuda" and not torch.cuda.is_available():
