@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -68,8 +69,6 @@ def main() -> None:
             t0 = time.perf_counter()  # the write alone: what saving cost before the digest
             save_file(plain, str(Path(tmp) / "plain.safetensors"), metadata=raw)
             with open(Path(tmp) / "plain.safetensors", "rb") as f:
-                import os
-
                 os.fsync(f.fileno())
             times["save_without_digest"].append(time.perf_counter() - t0)
 
@@ -85,6 +84,7 @@ def main() -> None:
               "median_seconds": {k: round(v, 4) for k, v in median.items()},
               "digest_share_of_save": round(median["digest"] / median["save"], 3),
               "digest_vs_plain_write": round(median["digest"] / median["save_without_digest"], 3),
+              "load_average": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
               "torch": torch.__version__, "platform": platform.platform()}
     print(json.dumps(result, indent=2))
     if args.out:

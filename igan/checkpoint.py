@@ -36,7 +36,8 @@ from safetensors.torch import load_file, save_file
 from igan.errors import IganError
 from igan.fileio import atomic_write
 
-__all__ = ["FORMAT_VERSION", "DIGEST_KEY", "save_checkpoint", "load_checkpoint", "tensor_digest", "flatten_optimizer",
+__all__ = ["FORMAT_VERSION", "DIGEST_KEY", "save_checkpoint", "load_checkpoint", "tensor_digest", "write_safetensors",
+           "flatten_optimizer",
            "unflatten_optimizer", "prefixed", "nonfinite"]
 
 FORMAT_VERSION = 1
@@ -66,20 +67,32 @@ def unflatten_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Ten
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
+def _sha256(t: torch.Tensor) -> bytes:
+    t = t.detach()
+    if t.device.type != "cpu" or not t.is_contiguous():
+        t = t.to("cpu").contiguous()
+    return hashlib.sha256(t.reshape(-1).view(torch.uint8).numpy()).digest()
+
+
 def tensor_digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
-    """SHA-256 of the metadata (every entry but the digest) and of each tensor's name, dtype, shape and
-    bytes, in name order. safetensors keeps no checksum: a flipped bit in the data area or a dtype
-    changed in the header (F32 to I32, same size) would otherwise load and be used."""
+    """SHA-256 over the metadata (every entry but the digest) and, in name order, each tensor's name,
+    dtype, shape and the SHA-256 of its bytes. safetensors keeps no checksum: a flipped bit in the data
+    area or a dtype changed in the header (F32 to I32, same size) would otherwise load and be used.
+    The tensors are hashed on a few threads (hashlib releases the GIL), which is most of the cost."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = sorted(tensors)
+    workers = min(8, os.cpu_count() or 1, max(1, len(names)))
+    with ThreadPoolExecutor(workers) as pool:
+        hashes = list(pool.map(_sha256, (tensors[n] for n in names)))
     h = hashlib.sha256()
     for key in sorted(metadata):
         if key != DIGEST_KEY:
             h.update(json.dumps([key, metadata[key]]).encode())
-    for name in sorted(tensors):
-        t = tensors[name].detach()
-        if t.device.type != "cpu" or not t.is_contiguous():
-            t = t.to("cpu").contiguous()
+    for name, digest in zip(names, hashes):
+        t = tensors[name]
         h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy())
+        h.update(digest)
     return "sha256:" + h.hexdigest()
 
 
@@ -102,13 +115,15 @@ def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], metadata: dict
     plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     meta[DIGEST_KEY] = tensor_digest(plain, meta)
 
-    def write(tmp: str) -> None:
-        try:
-            save_file(plain, tmp, metadata=meta)
-        except SafetensorError as exc:
-            raise _safetensors_os_error(exc, tmp) from exc
+    atomic_write(path, lambda tmp: write_safetensors(plain, tmp, meta))
 
-    atomic_write(path, write)
+
+def write_safetensors(tensors: dict[str, torch.Tensor], filename: str, metadata: dict[str, str]) -> None:
+    """``safetensors.torch.save_file``, with its I/O failures raised as the ``OSError`` they are."""
+    try:
+        save_file(tensors, filename, metadata=metadata)
+    except SafetensorError as exc:
+        raise _safetensors_os_error(exc, filename) from exc
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", require: tuple[str, ...] = ()
