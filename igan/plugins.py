@@ -45,8 +45,7 @@ class PluginInfo:
     source: str  # "essential", "built-in" (shipped with igan) or "package:<distribution>"
     module: str
     hooks: list[str] = field(default_factory=list)
-    error: str | None = None  # set when the plugin failed to load
-    fatal: bool = False  # a run cannot start with it (its options clash with another's)
+    error: str | None = None  # set when the plugin failed to load, or its options clash with another's
 
     @property
     def builtin(self) -> bool:
@@ -193,7 +192,7 @@ def _check_options(pm: pluggy.PluginManager, infos: dict[str, PluginInfo], reser
     for name, why in broken.items():
         info = infos.get(name)
         if info is not None:
-            info.error, info.fatal = why, True
+            info.error = why
     if broken:
         name, why = next(iter(broken.items()))
         hint = (f"block it with IGAN_DISABLE_PLUGINS={name} (or --disable-plugin {name}), or uninstall it; "
