@@ -12,18 +12,23 @@ Metadata (safetensors allows only str -> str): ``format`` (an integer version), 
 ``config`` (RunConfig JSON), ``model`` (registry name + kwargs), ``plugins`` (name -> version),
 ``plugin_records`` (who owns each option and ``plugin.*`` tensor, ``igan.ownership``), ``opt_groups``
 (optimizer hyperparameters), ``step``, ``epoch``, ``epochs_ended`` (the last epoch whose end hooks
-fired), ``metrics`` (the last epoch-end metrics) and ``segments`` (steps and seconds of each training
-segment so far, one per resume).
+fired), ``metrics`` (the last epoch-end metrics), ``segments`` (steps and seconds of each training
+segment so far, one per resume), ``data`` (what turns outputs into pixels), and ``digest``: SHA-256 of
+every tensor (name, dtype, shape, bytes) and of the other entries.
 
 Writes are atomic: a temporary file in the same folder is written, fsynced and renamed over the target,
-so a crash mid-write leaves the previous checkpoint intact. Loading never unpickles anything.
+so a crash mid-write leaves the previous checkpoint intact. Loading never unpickles anything, verifies
+the digest (damage is an error naming the file; checkpoints written before the digest existed load
+unverified) and checks the metadata against its schema (``igan.metadata``).
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
-import tempfile
+import re
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +37,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from igan.errors import IganError
+from igan.fileio import atomic_write
 
-__all__ = ["FORMAT_VERSION", "save_checkpoint", "load_checkpoint", "checkpoint_metadata", "resolve_checkpoint",
-           "run_dir_of", "flatten_optimizer", "unflatten_optimizer", "prefixed"]
+__all__ = ["FORMAT_VERSION", "DIGEST_KEY", "save_checkpoint", "load_checkpoint", "checkpoint_metadata",
+           "resolve_checkpoint", "run_dir_of", "tensor_digest", "write_safetensors", "flatten_optimizer",
+           "unflatten_optimizer", "prefixed", "nonfinite"]
 
 FORMAT_VERSION = 1
+DIGEST_KEY = "digest"  # "sha256:<hex>" of the tensors and the other metadata entries (tensor_digest)
 
 
 def prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -62,32 +70,63 @@ def unflatten_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Ten
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
+def _sha256(t: torch.Tensor) -> bytes:
+    t = t.detach()
+    if t.device.type != "cpu" or not t.is_contiguous():
+        t = t.to("cpu").contiguous()
+    return hashlib.sha256(t.reshape(-1).view(torch.uint8).numpy()).digest()
+
+
+def tensor_digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """SHA-256 over the metadata (every entry but the digest) and, in name order, each tensor's name,
+    dtype, shape and the SHA-256 of its bytes. safetensors keeps no checksum: a flipped bit in the data
+    area or a dtype changed in the header (F32 to I32, same size) would otherwise load and be used.
+    The tensors are hashed on a few threads (hashlib releases the GIL), which is most of the cost."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = sorted(tensors)
+    workers = min(8, os.cpu_count() or 1, max(1, len(names)))
+    with ThreadPoolExecutor(workers) as pool:
+        hashes = list(pool.map(_sha256, (tensors[n] for n in names)))
+    h = hashlib.sha256()
+    for key in sorted(metadata):
+        if key != DIGEST_KEY:
+            h.update(json.dumps([key, metadata[key]]).encode())
+    for name, digest in zip(names, hashes):
+        t = tensors[name]
+        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
+        h.update(digest)
+    return "sha256:" + h.hexdigest()
+
+
+def _safetensors_os_error(exc: SafetensorError, filename: str) -> OSError:
+    """safetensors reports I/O failures as SafetensorError ("... No space left on device (os error 28)"):
+    the OSError it stands for, so a full disk is reported like any other failed write."""
+    found = re.search(r"\(os error (\d+)\)", str(exc))
+    code = int(found.group(1)) if found else errno.EIO
+    return OSError(code, os.strerror(code) if found else str(exc), filename)
+
+
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
-    """Write atomically: temp file in the same folder, fsync, rename, fsync the folder."""
+    """Write atomically (``igan.fileio.atomic_write``: temp file, fsync, rename, fsync the folder), with a
+    digest of the tensors and metadata. I/O failures raise ``OSError``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
     meta["format"] = str(FORMAT_VERSION)
     # safetensors refuses shared or non-contiguous storage: give it plain CPU copies.
     plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    meta[DIGEST_KEY] = tensor_digest(plain, meta)
+
+    atomic_write(path, lambda tmp: write_safetensors(plain, tmp, meta))
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], filename: str, metadata: dict[str, str]) -> None:
+    """``safetensors.torch.save_file``, with its I/O failures raised as the ``OSError`` they are."""
     try:
-        save_file(plain, tmp, metadata=meta)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+        save_file(tensors, filename, metadata=metadata)
+    except SafetensorError as exc:
+        raise _safetensors_os_error(exc, filename) from exc
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -113,20 +152,36 @@ def run_dir_of(path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu"
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", require: tuple[str, ...] = ()
                     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a checkpoint straight onto ``device``; returns (tensors, metadata with JSON decoded)."""
+    """Read a checkpoint onto ``device``; returns (tensors, metadata with JSON decoded).
+
+    The digest written with the file is verified (files written before igan stored one load without
+    the check), and the metadata is checked against its schema (``igan.metadata``) before anything is
+    built from it; ``require`` names entries that must be present (``data`` to rebuild the models,
+    ``opt_groups`` and ``step`` to resume)."""
     path = Path(path)
     raw_meta = _raw_metadata(path)
     try:
-        tensors = load_file(str(path), device=str(device))
+        tensors = load_file(str(path), device="cpu")  # verified on the CPU, then moved
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise _unreadable(path, exc) from exc
-    return tensors, _decode(path, raw_meta)
+    meta = _decode(path, raw_meta)
+    if DIGEST_KEY in raw_meta and tensor_digest(tensors, raw_meta) != raw_meta[DIGEST_KEY]:
+        raise IganError(f"{path} is damaged: its contents do not match the digest igan wrote with them",
+                        hint="the file changed after it was written (a disk or copy error, or an edit); use "
+                             "another copy or an earlier checkpoint of the run")
+    from igan.metadata import check_metadata
+
+    check_metadata(meta, path, require)
+    if torch.device(device).type != "cpu":
+        tensors = {k: v.to(device) for k, v in tensors.items()}
+    return tensors, meta
 
 
 def checkpoint_metadata(path: str | Path) -> tuple[dict[str, Any], list[str]]:
-    """A checkpoint's metadata (JSON decoded) and its tensor names, without reading any tensor."""
+    """A checkpoint's metadata (JSON decoded, schema-checked) and its tensor names, without reading any
+    tensor (so without verifying the digest: ``load_checkpoint`` does that)."""
     path = Path(path)
     raw_meta = _raw_metadata(path)
     try:
@@ -136,7 +191,11 @@ def checkpoint_metadata(path: str | Path) -> tuple[dict[str, Any], list[str]]:
             keys = list(f.keys())
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise _unreadable(path, exc) from exc
-    return _decode(path, raw_meta), keys
+    meta = _decode(path, raw_meta)
+    from igan.metadata import check_metadata
+
+    check_metadata(meta, path, ())
+    return meta, keys
 
 
 def _unreadable(path: Path, exc: BaseException) -> IganError:
@@ -179,3 +238,12 @@ def _decode(path: Path, raw_meta: dict[str, str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             meta[k] = v
     return meta
+
+
+def nonfinite(tensors: dict[str, torch.Tensor], prefixes: tuple[str, ...] = ("G.", "D.")) -> list[str]:
+    """Names of the floating-point tensors under ``prefixes`` that hold NaN or infinity."""
+    names = [k for k, v in tensors.items() if k.startswith(prefixes) and v.is_floating_point()]
+    if not names:
+        return []
+    finite = torch.stack([tensors[k].isfinite().all() for k in names]).tolist()  # one host sync
+    return [k for k, ok in zip(names, finite) if not ok]

@@ -8,18 +8,21 @@ options (help panels included) before any command parses its arguments. stdout c
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import os
 import sys
 import time
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
 import typer
 
 from igan import __version__
-from igan.errors import IganError, UsageError
+from igan.config import MODEL_SWITCHES, SEED_MAX
+from igan.errors import IganError, Terminated, UsageError
 
 __all__ = ["main", "build_app"]
 
@@ -64,7 +67,7 @@ def _core_parameters(command: str) -> list[inspect.Parameter]:
         opt("lr_schedule", str, "linear", "--lr-schedule",
             help="shape of that decay: linear (the reference scripts') or cosine"),
         opt("lr_warmup", int, 0, "--lr-warmup", min=0, help="epochs of linear learning-rate warm-up at the start"),
-        opt("seed", int, 0, "--seed", help="random seed (model init, noise, data order)"),
+        opt("seed", int, 0, "--seed", min=0, max=SEED_MAX, help="random seed (model init, noise, data order)"),
         opt("seeds", int, 1, "--seeds", min=1,
             help="train K runs: seeds --seed, --seed + 1, ... (semisup: label splits too), in folders seed<S>"),
         opt("parallel", bool, False, "--parallel",
@@ -105,20 +108,40 @@ def _core_parameters(command: str) -> list[inspect.Parameter]:
 CORE_KEYS = {"dataset", "data_dir", "download", "epochs", "steps", "batch_size", "lr", "lr_decay_from", "lr_schedule",
              "lr_warmup", "seed", "device", "out", "resume", "log_every", "checkpoint_every", "g_steps", "g_loss",
              "adam", "model", "fast_path", "recipe"}
-MODEL_KEYS = {"wn", "noise", "dropout", "g_out_data_init"}
+MODEL_KEYS = set(MODEL_SWITCHES)
+# parameters of the training commands that are not core settings (and so not in CORE_KEYS)
+COMMAND_PARAMETERS = {"ctx", "seeds", "parallel", "as_json", "disable_plugin", "baseline"}
+EXTRA_FLAGS = ("--baseline", "--no-baseline", "-h", "--help")  # semisup's own, and help
+
+
+@functools.cache
+def core_owned() -> dict[str, str]:
+    """Option names and flags that belong to igan itself: a plugin may not declare them (``igan.options``)."""
+    owned = {name: "igan" for name in CORE_KEYS | MODEL_KEYS | COMMAND_PARAMETERS}
+    owned.update({flag: "igan" for flag in EXTRA_FLAGS})
+    for param in _core_parameters("semisup"):
+        info = typing.get_args(param.annotation)[1]
+        owned[param.name] = "igan"
+        decls = ([info.default] if isinstance(info.default, str) else []) + list(info.param_decls or ())
+        for decl in decls:
+            owned.update({flag: "igan" for flag in decl.split("/") if flag})
+    return owned
 
 
 def make_config(command: str, values: dict[str, Any], parser,
                 given: list[str] | None = None) -> "RunConfig":  # noqa: F821
     """The run's configuration from the parsed values; ``given`` names the ones typed on the command line."""
     from igan.config import RunConfig
+    from igan.train import check_settings
 
     parser.validate_choices(values)
     core = {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items() if k in CORE_KEYS}
     model_kwargs = {k: v for k, v in values.items() if k in MODEL_KEYS and v is not None}
     options = {k: v for k, v in values.items() if k in parser.options}
-    return RunConfig(command=command, model_kwargs=model_kwargs, options=options, **core,
-                     given=sorted(given or []))
+    config = RunConfig(command=command, model_kwargs=model_kwargs, options=options, **core,
+                       given=sorted(given or []))
+    check_settings(config)  # --lr inf and the like, before anything is loaded or built
+    return config
 
 
 def _given_parameters(ctx: typer.Context | None, values: dict[str, Any]) -> list[str]:
@@ -145,8 +168,10 @@ def _run_dir(config) -> Path:
 
 
 def train_once(config, pm) -> dict[str, Any]:
-    """Build, train and checkpoint one run; returns its summary."""
+    """Build, train and checkpoint one run; returns its summary. The run directory is locked for the life
+    of the run (``igan.runlock``: a second run on the same folder is refused)."""
     from igan.distributed import setup
+    from igan.runlock import RunLock
     from igan.train import build_run, fit
 
     dist, _ = setup(config.device)
@@ -157,11 +182,12 @@ def train_once(config, pm) -> dict[str, Any]:
         shared = [str(run_dir)]
         torch.distributed.broadcast_object_list(shared, src=0)
         run_dir = Path(shared[0])
-    if dist.is_main and config.resume is None and (run_dir / "checkpoints" / "last.safetensors").exists():
-        raise UsageError(f"{run_dir} already holds a run",
-                         hint=f"use --resume {run_dir} to continue it, or another --out")
-    run = build_run(config, pm, run_dir)
-    return fit(run, resume=Path(config.resume) if config.resume else None)
+    with RunLock(run_dir, active=dist.is_main):
+        if dist.is_main and config.resume is None and (run_dir / "checkpoints" / "last.safetensors").exists():
+            raise UsageError(f"{run_dir} already holds a run",
+                             hint=f"use --resume {run_dir} to continue it, or another --out")
+        run = build_run(config, pm, run_dir)
+        return fit(run, resume=Path(config.resume) if config.resume else None)
 
 
 def seeds_base(config, seeds: int) -> Path:
@@ -177,6 +203,9 @@ def seed_configs(config, seeds: int, base: Path | None = None) -> list:
     seed continues from its own checkpoint there (a seed that has none yet starts)."""
     import copy
 
+    if config.seed + seeds - 1 > SEED_MAX:
+        raise UsageError(f"--seed {config.seed} with --seeds {seeds} goes past the largest seed, {SEED_MAX}",
+                         hint=f"use --seed {SEED_MAX - seeds + 1} or lower")
     base = base or seeds_base(config, seeds)
     resume = Path(config.resume) if seeds > 1 and config.resume else None
     if resume is not None and not resume.is_dir():
@@ -211,8 +240,11 @@ def train_seeds(config, pms, seeds: int = 1, parallel: bool = False) -> dict[str
     summaries = train_configs(configs, pms, parallel)
     if seeds == 1:
         return summaries[0]
+    from igan.fileio import write_text, writing
+
     result = {"run_dir": str(base), "runs": summaries}
-    (base / "seeds.json").write_text(json.dumps(result, indent=2) + "\n")
+    with writing(base / "seeds.json", "every seed's run and checkpoint is intact"):
+        write_text(base / "seeds.json", json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -226,12 +258,20 @@ def train_parallel(configs: list, pms) -> list[dict[str, Any]]:
         missing = ", ".join(str(c.seed) for c in configs if not c.resume)
         raise UsageError(f"--parallel resumes all seeds together, but seeds {missing} have no checkpoint yet",
                          hint="drop --parallel to finish the started seeds and start the others one by one")
+    import contextlib
+
+    from igan.runlock import RunLock
+
     dirs = [_run_dir(c) for c in configs]
-    for d, r in zip(dirs, resumes):
-        if r is None and (d / "checkpoints" / "last.safetensors").exists():
-            raise UsageError(f"{d} already holds a run", hint="use --resume with the experiment's folder, or another --out")
-    trainer = build_parallel(configs, [pms.new() for _ in configs], dirs)
-    return fit_runs(trainer, resumes)
+    with contextlib.ExitStack() as locks:
+        for d in dirs:
+            locks.enter_context(RunLock(d))
+        for d, r in zip(dirs, resumes):
+            if r is None and (d / "checkpoints" / "last.safetensors").exists():
+                raise UsageError(f"{d} already holds a run",
+                                 hint="use --resume with the experiment's folder, or another --out")
+        trainer = build_parallel(configs, [pms.new() for _ in configs], dirs)
+        return fit_runs(trainer, resumes)
 
 
 def _training_command(command: str, pm_factory: Callable, parser, doc: str) -> Callable:
@@ -263,8 +303,6 @@ def _training_command(command: str, pm_factory: Callable, parser, doc: str) -> C
         again = (f"igan {command} --resume {seeds_base(config, seeds)}" + (f" --seeds {seeds}" if seeds > 1 else "")
                  + (" --parallel" if parallel else ""))
         runner = pm_factory.runner(command)
-        from igan.train import Terminated
-
         try:
             summary = runner(config, pm_factory, seeds=seeds, parallel=parallel, **runner_options)
         except KeyboardInterrupt:  # typer would turn it into a bare exit 130
@@ -273,7 +311,9 @@ def _training_command(command: str, pm_factory: Callable, parser, doc: str) -> C
         except Terminated:
             raise TerminatedError("terminated (SIGTERM)",
                                   hint=f"the last checkpoint was saved; continue with: {again}") from None
-        if int(os.environ.get("RANK", "0")) != 0:  # one answer per job: rank 0's
+        from igan.distributed import job
+
+        if not job().is_main:  # one answer per job: rank 0's
             return
         if as_json:
             print(json.dumps(summary))
@@ -301,10 +341,12 @@ class PluginManagers:
         self.disable = disable
         self.runners: dict[str, Callable] = {"train": train_seeds}
 
-    def new(self):
+    def new(self, strict: bool = True):
+        """A plugin manager for a run (``strict``: refuse plugins whose options clash) or, with
+        ``strict=False``, for the help and for listing plugins, which must work with a broken one."""
         from igan.plugins import get_plugin_manager
 
-        return get_plugin_manager(disable=self.disable)
+        return get_plugin_manager(disable=self.disable, reserved=core_owned(), strict=strict)
 
     def runner(self, command: str) -> Callable:
         return self.runners[command]
@@ -314,7 +356,7 @@ def build_app(pms: PluginManagers | None = None) -> typer.Typer:
     from igan.options import collect_options
 
     pms = pms or PluginManagers([])
-    pm = pms.new()
+    pm = pms.new(strict=False)  # the app (help, `igan plugins`) is built even with a broken plugin
     parser = collect_options(pm)
     app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                       help=f"igan {__version__}: Improved Techniques for Training GANs, as plugins.",
@@ -326,7 +368,14 @@ def build_app(pms: PluginManagers | None = None) -> typer.Typer:
 
     commands.register_builtin(app, pms, parser, _training_command)
     for impl in pm.hook.igan_register_commands.get_hookimpls():
-        impl.function(register=lambda name, fn: app.command(name)(fn))
+        try:
+            impl.function(register=lambda name, fn: app.command(name)(fn))
+        except Exception as exc:  # noqa: BLE001 - the other commands must keep working
+            from igan.console import warn
+
+            why = exc.message if isinstance(exc, IganError) else f"{type(exc).__name__}: {exc}"
+            warn(f"plugin {impl.plugin_name!r} failed in igan_register_commands and its commands are left out: {why}",
+                 hint=f"report it to the plugin's authors, or set IGAN_DISABLE_PLUGINS={impl.plugin_name}")
     return app
 
 
@@ -344,8 +393,9 @@ def _early_disable(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get("IGAN_DEBUG") == "1"
-    from igan.console import error
+    from igan import interrupts
 
+    previous_sigint = interrupts.install()  # count Ctrl-Cs: a plugin's own KeyboardInterrupt is not one
     code = 0
     try:
         app = build_app(PluginManagers(_early_disable(argv)))
@@ -358,34 +408,60 @@ def main(argv: list[str] | None = None) -> None:
             raise
         message = exc.format_message()
         if message:  # typer's "no arguments: show help" carries no message
-            error(message, hint=_usage_hint(exc))
+            _report(message, _usage_hint(exc))
         code = getattr(exc, "exit_code", 2)
     except IganError as exc:
         if debug:
             raise
-        error(exc.message, exc.hint)
+        _report(exc.message, exc.hint)
         code = exc.exit_code
     except KeyboardInterrupt:
-        error("interrupted", hint="the last checkpoint was saved; continue with --resume")
+        _report("interrupted", "the last checkpoint was saved; continue with --resume")
         code = 130
+    except Terminated:
+        _report("terminated (SIGTERM)", "the last checkpoint was saved; continue with --resume")
+        code = 143
     except Exception as exc:  # noqa: BLE001 - a bug: say so in one line unless debugging
-        from igan.train import Terminated
-
-        if isinstance(exc, Terminated):
-            error("terminated (SIGTERM)", hint="the last checkpoint was saved; continue with --resume")
-            code = 143
-        else:
-            if debug:
-                raise
-            message, hint = _failure_message(exc)
-            error(message, hint=hint)
-            code = 1
+        if debug:
+            raise
+        code = _report_unexpected(exc)
+    finally:
+        interrupts.restore(previous_sigint)
     sys.exit(code)
+
+
+def _report(message: str, hint: str | None = None) -> None:
+    """``error: ...`` + ``hint: ...`` on stderr. Never raises: it is the last thing between an error and
+    the user (a broken console falls back to a plain print)."""
+    try:
+        from igan.console import error
+
+        error(message, hint)
+    except Exception:  # noqa: BLE001
+        try:
+            print(f"error: {message}", file=sys.stderr)
+            if hint:
+                print(f"hint: {hint}", file=sys.stderr)
+        except Exception:  # noqa: BLE001 - stderr itself is gone: the exit code still tells
+            pass
+
+
+def _report_unexpected(exc: BaseException) -> int:
+    """The last-resort handler: one line naming the plugin whose hook raised, or saying it is a bug. It
+    cannot itself fail: anything going wrong while describing the error falls back to its type name."""
+    try:
+        message, hint = _failure_message(exc)
+    except Exception:  # noqa: BLE001 - an exception whose str() raises, a plugin registry in pieces, ...
+        message, hint = type(exc).__name__, ("this looks like a bug in igan; rerun with IGAN_DEBUG=1 for the "
+                                             "traceback and report it")
+    _report(message, hint)
+    return 1
 
 
 def _failure_message(exc: BaseException) -> tuple[str, str]:
     """An unexpected exception in one line: the plugin whose hook raised it when a hook was running
-    (pluggy knows the implementation), else a bug in igan."""
+    (pluggy knows the implementation), else a bug in igan. ``igan.plugins`` is loaded already (the app
+    is built from it), so this imports nothing new."""
     from igan.plugins import hook_failure
 
     what = f"{type(exc).__name__}: {exc}"

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import torch
 import typer
 
+from igan.config import SEED_MAX
 from igan.errors import IganError, UsageError
 
 __all__ = ["register_builtin", "Restored", "restore_models"]
@@ -29,6 +30,7 @@ class Restored:
     meta: dict[str, Any]
     tensors: dict[str, torch.Tensor]
     device: torch.device
+    path: Path | None = None  # the checkpoint, for messages
 
     def to_uint8(self, x: torch.Tensor) -> torch.Tensor:
         from igan.datasets.base import outputs_to_uint8
@@ -45,7 +47,12 @@ class Restored:
         g = self.models.generator
         for i in range(0, n, chunk):
             z = sample_z(min(chunk, n - i), self.models.z_dim, self.models.z_dist, "cpu", generator=gen)
-            yield self.to_uint8(g(z.to(self.device))).cpu()
+            x = g(z.to(self.device))
+            if not bool(x.isfinite().all()):  # NaN pixels would turn into black images and a score
+                raise IganError(f"the generator of {self.path or 'the checkpoint'} produced non-finite "
+                                "outputs (NaN or infinity)", hint="the run diverged, or a plugin's sampling "
+                                "generator is broken; use an earlier checkpoint")
+            yield self.to_uint8(x).cpu()
 
 
 def restore_models(path: Path, device_name: str = "auto", pm=None) -> Restored:
@@ -60,14 +67,23 @@ def restore_models(path: Path, device_name: str = "auto", pm=None) -> Restored:
     from igan.train import build_models, configure, load_weights, model_registry, resolve_device
 
     path = resolve_checkpoint(path)
+    from igan.compiling import compile_mode
+    from igan.train import refuse_nonfinite
+
     device = resolve_device(device_name)
-    tensors, meta = load_checkpoint(path, device)
+    compile_mode()  # a bad IGAN_COMPILE fails before any work
+    tensors, meta = load_checkpoint(path, device, require=("data",))
+    refuse_nonfinite(tensors, path)
     config = RunConfig.from_dict(meta["config"])
     pm = pm or get_plugin_manager()
     from igan.options import collect_options
 
     parser = collect_options(pm)
-    for name, spec in parser.options.items():  # loggers etc. play no part in rebuilding the model
+    known = parser.options
+    for name, why in parser.value_problems(config.options):  # bounds and types, before a model is built
+        raise IganError(f"{path}: checkpoint metadata config.options.{name} {why}",
+                        hint="the metadata was edited or damaged; use checkpoints/last.safetensors of a run")
+    for name, spec in known.items():  # loggers etc. play no part in rebuilding the model
         if spec.run_only and name in config.options:
             config.options[name] = spec.default
     for name in inference_options(path, meta, tensors, pm, parser):
@@ -89,7 +105,7 @@ def restore_models(path: Path, device_name: str = "auto", pm=None) -> Restored:
                   tensors=prefixed(tensors, f"plugin.{impl.plugin_name}"))
     models.generator.to(device)
     models.discriminator.to(device).eval()  # noise/dropout off; G keeps batch statistics (reference)
-    return Restored(models, config, meta, tensors, device)
+    return Restored(models, config, meta, tensors, device, Path(path))
 
 
 def sample(
@@ -98,22 +114,30 @@ def sample(
     n: Annotated[int, typer.Option("-n", "--n", min=1, help="number of images")] = 64,
     out: Annotated[Path, typer.Option("-o", "--out", help="grid.png, images.npz, or a folder for PNGs")] = Path(
         "samples.png"),
-    seed: Annotated[int, typer.Option("--seed", help="noise seed")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=SEED_MAX, help="noise seed")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda")] = "auto",
 ) -> None:
     """Write samples from a checkpoint: a PNG grid, an .npz of uint8 NHWC images, or a folder of PNGs."""
+    from igan.fileio import make_dirs, remove_created, writing
     from igan.images import save_images
 
-    restored = restore_models(checkpoint, device)
-    if out.suffix.lower() == ".png" and n > 4096:
-        raise UsageError(f"a grid of {n} images is too large", hint="write an .npz or a folder for many samples")
-    if out.suffix.lower() in (".png", ".npz"):
-        save_images(torch.cat(list(restored.generate(n, seed))), out)
-    else:
-        written = 0
-        for chunk in restored.generate(n, seed):
-            save_images(chunk, out, start=written)
-            written += chunk.shape[0]
+    folder = out.suffix.lower() not in (".png", ".npz")
+    created = make_dirs(out if folder else out.parent, "-o folder")  # before any work: a file there, read-only, ...
+    try:
+        restored = restore_models(checkpoint, device)
+        if out.suffix.lower() == ".png" and n > 4096:
+            raise UsageError(f"a grid of {n} images is too large", hint="write an .npz or a folder for many samples")
+        with writing(out):
+            if not folder:
+                save_images(torch.cat(list(restored.generate(n, seed))), out)
+            else:
+                written = 0
+                for chunk in restored.generate(n, seed):
+                    save_images(chunk, out, start=written)
+                    written += chunk.shape[0]
+    except BaseException:
+        remove_created(created)
+        raise
     print(out)
 
 
@@ -124,7 +148,9 @@ def plugins(as_json: Annotated[bool, typer.Option("--json", help="print JSON on 
     from igan.console import stderr
     from igan.plugins import get_plugin_manager, plugin_infos
 
-    rows = plugin_infos(get_plugin_manager())
+    from igan.cli import core_owned
+
+    rows = plugin_infos(get_plugin_manager(reserved=core_owned(), strict=False))  # broken ones are listed
     if as_json:
         print(json.dumps([{"name": r.name, "version": r.version, "source": r.source, "module": r.module,
                            "hooks": r.hooks, "run_hooks": {cls: hooks for cls, hooks in r.run_hooks},

@@ -8,7 +8,9 @@ then on. A failure surfaces while tracing or compiling, before anything has run,
 changes no state.
 
 ``IGAN_COMPILE`` overrides this everywhere: ``auto`` (default) as above, ``1`` makes a compiler
-failure an error, ``0`` never compiles (the test suite runs with it, see tests/conftest.py).
+failure an error, ``0`` never compiles (the test suite runs with it, see tests/conftest.py). Any other
+value is a usage error, raised before a run is built (``igan.train.build_run`` and the commands that
+load a checkpoint read it first), not silently taken as ``auto``.
 """
 
 from __future__ import annotations
@@ -19,17 +21,23 @@ from typing import Callable
 
 import torch
 
+from igan.errors import UsageError
+
 __all__ = ["MaybeCompiled", "compile_mode"]
 
 
 def compile_mode() -> str:
-    """``auto``, ``on`` or ``off`` from ``IGAN_COMPILE`` (unset = auto)."""
-    value = os.environ.get("IGAN_COMPILE", "auto").strip().lower()
+    """``auto``, ``on`` or ``off`` from ``IGAN_COMPILE`` (unset or empty = auto)."""
+    raw = os.environ.get("IGAN_COMPILE", "")
+    value = raw.strip().lower()
     if value in ("0", "off", "false", "no"):
         return "off"
     if value in ("1", "on", "true", "yes"):
         return "on"
-    return "auto"
+    if value in ("", "auto"):
+        return "auto"
+    raise UsageError(f"IGAN_COMPILE={raw!r} is not one of auto, 1 (on), 0 (off)",
+                     hint="unset it for the default (auto: compile, eager if compiling fails)")
 
 
 class MaybeCompiled:

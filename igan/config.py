@@ -7,10 +7,17 @@ Stored as JSON in ``config.json`` and in each checkpoint's metadata, so ``sample
 from __future__ import annotations
 
 import json
+import math
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Mapping
 
-__all__ = ["RunConfig"]
+__all__ = ["RunConfig", "config_problems", "MODEL_SWITCHES", "SEED_MAX", "MAX_CLASSES"]
+
+MODEL_SWITCHES = ("wn", "noise", "dropout", "g_out_data_init")  # what ``model_kwargs`` may hold (all bools)
+SEED_MAX = 2**32 - 1  # numpy's RandomState (the labelled split) takes seeds below 2**32; torch's more
+MAX_CLASSES = 10_000  # bounds D's head when a configuration comes from a file
 
 
 @dataclass
@@ -79,3 +86,81 @@ class RunConfig:
         (`igan semisup`'s supervised-only baseline: G is never trained, D learns from labels alone, so a
         GAN-only technique should do nothing)."""
         return "baseline" if self.command == "semisup" and self.options.get("supervised_only") else "gan"
+
+# ranges of numeric settings: (low, high, high excluded); None: unbounded
+_RANGES: dict[str, tuple[float, float | None, bool]] = {
+    "seed": (0, SEED_MAX, False), "epochs": (1, None, False), "steps": (1, None, False),
+    "batch_size": (1, None, False), "lr": (0.0, None, False), "lr_decay_from": (0, None, False),
+    "lr_warmup": (0, None, False), "beta1": (0.0, 1.0, True), "beta2": (0.0, 1.0, True),
+    "g_steps": (0, None, False),  # 0: the supervised-only baseline of semisup, which trains no G
+    "log_every": (1, None, False), "checkpoint_every": (1, None, False),
+    "num_classes": (1, MAX_CLASSES, False)}
+CHOICES = {"command": ("train", "semisup"), "adam": ("reference", "torch"), "g_loss": ("ns", "minimax"),
+            "lr_schedule": ("linear", "cosine")}
+_OPTION_TYPES = (bool, int, float, str, type(None))
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    if origin is list:
+        (item,) = typing.get_args(hint) or (Any,)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    return True  # Any
+
+
+def _type_name(hint: Any) -> str:
+    names = {bool: "true/false", int: "a whole number", float: "a number", str: "a string", type(None): "null"}
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    return " or ".join(names.get(a, "an object" if typing.get_origin(a) is dict else "a list") for a in args)
+
+
+def config_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(setting, what is wrong)`` for each value of ``data`` (a RunConfig as a dict) that igan cannot run
+    with: a wrong type, a non-finite number, a value out of range or not among the choices, a model switch
+    that is not one, a plugin option that is not a plain value. Unknown keys are ignored (settings of a
+    newer igan). The CLI reports these as usage errors, checkpoint loading as damaged metadata."""
+    hints = typing.get_type_hints(RunConfig)
+    problems: list[tuple[str, str]] = []
+    for name, value in data.items():
+        hint = hints.get(name)
+        if hint is None:
+            continue
+        if not _type_ok(value, hint):
+            problems.append((name, f"must be {_type_name(hint)}, got {value!r}"))
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append((name, f"must be a finite number, got {value!r}"))
+        elif name in _RANGES and value is not None:
+            low, high, open_high = _RANGES[name]
+            if value < low or (high is not None and (value >= high if open_high else value > high)):
+                span = f"in [{low}, {high})" if open_high else (f"in {low}..{high}" if high is not None
+                                                                  else f">= {low}")
+                problems.append((name, f"must be {span}, got {value!r}"))
+        elif name in CHOICES and value not in CHOICES[name]:
+            problems.append((name, f"must be one of {', '.join(CHOICES[name])}, got {value!r}"))
+    for key, value in (data.get("model_kwargs") or {}).items() if isinstance(data.get("model_kwargs"), dict) else ():
+        if key not in MODEL_SWITCHES:
+            problems.append((f"model_kwargs.{key}", f"is not a model switch (those are {', '.join(MODEL_SWITCHES)})"))
+        elif value is not None and not isinstance(value, bool):
+            problems.append((f"model_kwargs.{key}", f"must be true or false, got {value!r}"))
+    for key, value in (data.get("options") or {}).items() if isinstance(data.get("options"), dict) else ():
+        if not isinstance(value, _OPTION_TYPES):
+            problems.append((f"options.{key}", f"must be a plain value (true/false, a number or a string), "
+                                               f"got {value!r}"))
+        elif isinstance(value, float) and not math.isfinite(value):
+            problems.append((f"options.{key}", f"must be a finite number, got {value!r}"))
+    return problems

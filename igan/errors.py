@@ -7,7 +7,7 @@ impossible combination of options (exit code 2). The CLI prints either as ``erro
 
 from __future__ import annotations
 
-__all__ = ["IganError", "UsageError"]
+__all__ = ["IganError", "UsageError", "Terminated"]
 
 
 class IganError(Exception):
@@ -28,3 +28,8 @@ class UsageError(IganError):
     """A bad option value or an impossible combination of options (exit code 2)."""
 
     exit_code = 2
+
+
+class Terminated(Exception):
+    """SIGTERM arrived: the training loop saves a checkpoint and the CLI exits with 143. (Defined here, not
+    in ``igan.train``, so the CLI's last-resort handler can recognise it without importing anything.)"""

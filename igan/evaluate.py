@@ -26,6 +26,7 @@ from typing import Annotated, Any, Callable, Optional
 import torch
 import typer
 
+from igan.config import SEED_MAX
 from igan.errors import IganError, UsageError
 
 __all__ = ["Metric", "metric_registry", "read_npz", "read_png_folder", "load_images", "run_evaluate",
@@ -262,9 +263,6 @@ def _fid_cache_path(dataset: str, split: str, n: int, weights: Path) -> Path:
 
 def _real_statistics(ds, split: str, n: int, weights: Path, model, device: torch.device):
     """Mean and covariance of the pool features of ``n`` real images of a split, cached per weights file."""
-    import os
-    import tempfile
-
     import numpy as np
 
     from igan.console import warn
@@ -286,14 +284,10 @@ def _real_statistics(ds, split: str, n: int, weights: Path, model, device: torch
     pool, _ = _inception_pool_logits(model, _rgb(dataset_uint8(ds, x.cpu()[idx])), device, f"real {split}")
     mu, sigma = feature_statistics(pool)
     try:
+        from igan.fileio import atomic_write
+
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
-        os.close(fd)
-        try:
-            np.savez(tmp, mu=mu.numpy(), sigma=sigma.numpy())
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        atomic_write(path, lambda tmp: np.savez(tmp, mu=mu.numpy(), sigma=sigma.numpy()), suffix=".npz")
     except OSError as exc:
         warn(f"could not cache the FID statistics at {path}: {exc.strerror or exc}",
              hint="set XDG_CACHE_HOME to a writable folder")
@@ -580,7 +574,7 @@ def _metric_help(pm) -> tuple[str, str]:
 
 def register(app: typer.Typer, pms) -> None:
     """Add ``igan evaluate`` to the app; the metric list in its help comes from the plugins."""
-    names, epilog = _metric_help(pms.new())
+    names, epilog = _metric_help(pms.new(strict=False))  # the help must work with a broken plugin
 
     def evaluate(
         input: Annotated[Path, typer.Argument(
@@ -605,7 +599,8 @@ def register(app: typer.Typer, pms) -> None:
         retrain: Annotated[bool, typer.Option("--retrain", help="retrain the cached classifier of "
                                                                 "classifier-score")] = False,
         device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N")] = "auto",
-        seed: Annotated[int, typer.Option("--seed", help="noise seed of the samples of a checkpoint")] = 0,
+        seed: Annotated[int, typer.Option("--seed", min=0, max=SEED_MAX,
+                                          help="noise seed of the samples of a checkpoint")] = 0,
         as_json: Annotated[bool, typer.Option("--json", help="print one JSON object on stdout")] = False,
     ) -> None:
         """Score samples: Inception Score, FID, the offline classifier score, or a semi-supervised test error."""

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,21 +26,16 @@ def make_grid(images: torch.Tensor, pad: int = 1) -> np.ndarray:
 
 
 def save_png(array: np.ndarray, path: Path, upscale: int = 1) -> None:
-    """Write an [H, W, C] uint8 array as PNG, atomically (temp file + rename)."""
+    """Write an [H, W, C] uint8 array as PNG, atomically (temp file + rename, ``igan.fileio``)."""
     from PIL import Image
 
     img = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
     if upscale > 1:
         img = img.resize((img.width * upscale, img.height * upscale), Image.NEAREST)
+    from igan.fileio import atomic_write
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        img.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: img.save(tmp, format="PNG"), suffix=".png")
 
 
 def save_images(images: torch.Tensor, out: Path, start: int = 0) -> None:
@@ -51,8 +44,11 @@ def save_images(images: torch.Tensor, out: Path, start: int = 0) -> None:
         small = max(images.shape[-2:]) < 64
         save_png(make_grid(images), out, upscale=4 if small else 1)
     elif out.suffix.lower() == ".npz":
+        from igan.fileio import atomic_write
+
         out.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(out, images=images.permute(0, 2, 3, 1).cpu().numpy())
+        arr = images.permute(0, 2, 3, 1).cpu().numpy()
+        atomic_write(out, lambda tmp: np.savez_compressed(tmp, images=arr), suffix=".npz")
     else:
         out.mkdir(parents=True, exist_ok=True)
         arr = images.permute(0, 2, 3, 1).cpu().numpy()

@@ -9,22 +9,29 @@ Also here: what a plugin declares about itself (``affects_inference``, the hooks
 it registers, shown by ``igan plugins``), ``call_impl`` for the places that call one implementation at
 a time, and ``hook_failure``, which finds the plugin whose hook raised an exception (for the CLI's
 message).
+A plugin cannot end the process: ``SystemExit``, ``KeyboardInterrupt`` (when no Ctrl-C arrived, see
+``igan.interrupts``) or any other ``BaseException`` raised by its import makes it a broken plugin, and
+raised by one of its hooks becomes a ``PluginFault`` naming the plugin and the hook (exit code 1).
+Option names and flags are owned (``igan.options``): a plugin declaring one that another owns is broken,
+and a run refuses to start with it (``strict``), while ``igan plugins`` and ``--help`` still work.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import pluggy
 
-from igan import hookspecs
+from igan import hookspecs, interrupts
 from igan.errors import IganError
 
-__all__ = ["PluginInfo", "get_plugin_manager", "plugin_infos", "ENTRY_POINT_GROUP", "hookimpl", "call_impl",
-           "hook_failure", "owner_of", "HookFailure"]
+__all__ = ["PluginInfo", "PluginFault", "get_plugin_manager", "plugin_infos", "guard_hooks", "ENTRY_POINT_GROUP",
+           "hookimpl", "call_impl", "hook_failure", "owner_of", "HookFailure"]
 
 ENTRY_POINT_GROUP = "igan"
 hookimpl = pluggy.HookimplMarker("igan")
@@ -42,7 +49,7 @@ class PluginInfo:
     source: str  # "essential", "built-in" (shipped with igan) or "package:<distribution>"
     module: str
     hooks: list[str] = field(default_factory=list)
-    error: str | None = None  # set when the plugin failed to load
+    error: str | None = None  # set when the plugin failed to load, or its options clash with another's
     # The hooks of the classes whose objects the plugin registers per run: [(class name, [hooks])].
     run_hooks: list[tuple[str, list[str]]] = field(default_factory=list)
     # False when the plugin declares (module attribute ``affects_inference = False``) that it changes
@@ -57,6 +64,56 @@ class PluginInfo:
     def package(self) -> str:
         """The distribution to install for this plugin (``igan`` for the built-ins)."""
         return self.source.removeprefix("package:") if self.source.startswith("package:") else "igan"
+
+
+class PluginFault(IganError):
+    """A plugin's hook tried to end the process (``SystemExit``, its own ``KeyboardInterrupt``, ...)."""
+
+
+def _escaped(exc: BaseException, sigints_before: int) -> bool:
+    """Whether ``exc`` (not an ``Exception``) is a plugin's own attempt to end the process, as opposed to
+    the user's Ctrl-C arriving while plugin code ran."""
+    return not (isinstance(exc, KeyboardInterrupt) and interrupts.count() != sigints_before)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}({', '.join(repr(a) for a in exc.args)})"
+
+
+def _guard(function: Callable[..., Any], plugin: str, hook: str) -> Callable[..., Any]:
+    """``function`` with a ``BaseException`` that would end the process turned into a ``PluginFault``."""
+
+    @functools.wraps(function)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        before = interrupts.count()
+        try:
+            return function(*args, **kwargs)
+        except Exception:
+            raise
+        except BaseException as exc:
+            if not _escaped(exc, before):
+                raise
+            raise PluginFault(f"plugin {plugin} raised {_describe(exc)} in {hook}",
+                              hint=f"a plugin cannot end igan; report it to the plugin's authors, or block it with "
+                                   f"IGAN_DISABLE_PLUGINS={plugin} (names: `igan plugins`)") from exc
+
+    guarded.igan_guarded = True  # type: ignore[attr-defined]
+    return guarded
+
+
+def guard_hooks(pm: pluggy.PluginManager) -> None:
+    """Guard every hook implementation of every plugin but the essential core's (see ``_guard``); called
+    when the manager is built and again after ``igan_configure``, which may register more plugins."""
+    essential = {pm.get_plugin(name) for name in ESSENTIAL}
+    for name, plugin in pm.list_name_plugin():
+        if plugin in essential:
+            continue
+        for caller in pm.get_hookcallers(plugin) or []:
+            for impl in caller.get_hookimpls():
+                # generator functions (pluggy wrappers) run their body after the call returns: left as they are
+                if (impl.plugin is plugin and not getattr(impl.function, "igan_guarded", False)
+                        and not inspect.isgeneratorfunction(impl.function)):
+                    impl.function = _guard(impl.function, name, caller.name)
 
 
 def _blocked_names(disable: Iterable[str] = ()) -> set[str]:
@@ -74,12 +131,14 @@ def _entry_points() -> list[metadata.EntryPoint]:
 
 
 def get_plugin_manager(*, disable: Iterable[str] = (), autoload: bool = True,
-                       extra: Iterable[tuple[str, object]] = ()) -> pluggy.PluginManager:
+                       extra: Iterable[tuple[str, object]] = (), reserved: Mapping[str, str] | None = None,
+                       strict: bool = True) -> pluggy.PluginManager:
     """A fresh plugin manager with specs, essential plugins and (``autoload``) installed plugins.
 
     ``disable`` names plugins to block (added to ``IGAN_DISABLE_PLUGINS``); ``extra`` registers
     (name, plugin) pairs, as tests do with spy plugins. Plugin metadata for ``igan plugins`` is kept on
-    ``pm.igan_infos``.
+    ``pm.igan_infos``. ``reserved``: option names and flags igan itself owns (``igan.options``);
+    ``strict``: refuse (``IganError``) a plugin whose options clash, instead of only marking it broken.
     """
     import importlib
 
@@ -103,13 +162,15 @@ def get_plugin_manager(*, disable: Iterable[str] = (), autoload: bool = True,
             if ep.name in blocked:
                 pm.set_blocked(ep.name)
                 continue
+            before = interrupts.count()
             try:
                 plugin = ep.load()
-            except Exception as exc:  # a broken third-party package must not take igan down
-                infos[ep.name] = PluginInfo(ep.name, version, source, ep.value,
-                                            error=f"{type(exc).__name__}: {exc}")
-                _warn(f"plugin {ep.name!r} ({dist} {version}) failed to import and is skipped: "
-                      f"{type(exc).__name__}: {exc}",
+            except BaseException as exc:  # a broken third-party package must not take igan down, nor end it
+                if not isinstance(exc, Exception) and not _escaped(exc, before):
+                    raise  # the user's Ctrl-C
+                why = f"{type(exc).__name__}: {exc}" if isinstance(exc, Exception) else f"raised {_describe(exc)}"
+                infos[ep.name] = PluginInfo(ep.name, version, source, ep.value, error=why)
+                _warn(f"plugin {ep.name!r} ({dist} {version}) failed to import and is skipped: {why}",
                       hint=f"reinstall or uninstall {dist}, or set IGAN_DISABLE_PLUGINS={ep.name}")
                 continue
             try:
@@ -130,10 +191,33 @@ def get_plugin_manager(*, disable: Iterable[str] = (), autoload: bool = True,
             info.hooks = sorted(c.name for c in pm.get_hookcallers(plugin) or [])
             info.run_hooks = run_object_hooks(plugin)
             info.affects_inference = bool(getattr(plugin, "affects_inference", True))
+    guard_hooks(pm)
     pm.igan_infos = infos  # type: ignore[attr-defined]
     _LAST_INFOS.clear()
     _LAST_INFOS.update(infos)
+    pm.igan_reserved = dict(reserved or {})  # type: ignore[attr-defined]
+    _check_options(pm, infos, reserved, strict)
     return pm
+
+
+def _check_options(pm: pluggy.PluginManager, infos: dict[str, PluginInfo], reserved: Mapping[str, str] | None,
+                   strict: bool) -> None:
+    """Collect every plugin's options once, so a clash (or a failing ``igan_addoption``) is found at
+    start-up: the plugin is marked broken, and a run refuses to start (``strict``)."""
+    from igan.options import collect_options
+
+    broken = collect_options(pm, reserved).broken
+    for name, why in broken.items():
+        info = infos.get(name)
+        if info is not None:
+            info.error = why
+    if broken:
+        name, why = next(iter(broken.items()))
+        hint = (f"block it with IGAN_DISABLE_PLUGINS={name} (or --disable-plugin {name}), or uninstall it; "
+                "`igan plugins` lists every plugin")
+        if strict:
+            raise IganError(why, hint=hint)
+        _warn(f"{why}; its options are left out", hint=hint)
 
 
 # The infos of the last plugin manager built, so the CLI's last-resort handler can name a failing

@@ -88,6 +88,15 @@ def _read_json(path: Path, notes: list[str]) -> Any:
         return None
 
 
+def _read_object(path: Path, notes: list[str]) -> dict[str, Any] | None:
+    """A JSON object from ``path``, or None with a note (unreadable, or JSON of another shape: a list, ...)."""
+    data = _read_json(path, notes)
+    if data is not None and not isinstance(data, dict):
+        notes.append(f"{path.name} is not a JSON object (it holds a {type(data).__name__}) and was skipped")
+        return None
+    return data
+
+
 def checkpoint_metadata(path: Path) -> dict[str, Any]:
     """The metadata of an igan safetensors checkpoint, JSON values decoded (no tensor is loaded)."""
     from safetensors import safe_open
@@ -140,7 +149,7 @@ def _read_metrics(path: Path, run: RunData) -> None:
 def load_run(path: Path) -> RunData:
     run = RunData(path=path, label=path.name)
     if (path / "config.json").is_file():
-        run.config = _read_json(path / "config.json", run.notes)
+        run.config = _read_object(path / "config.json", run.notes)
     ckpt = path / "checkpoints" / "last.safetensors"
     if ckpt.is_file():
         try:
@@ -156,7 +165,7 @@ def load_run(path: Path) -> RunData:
     else:
         run.notes.append("no metrics.jsonl")
     if (path / "summary.json").is_file():
-        run.summary = _read_json(path / "summary.json", run.notes)
+        run.summary = _read_object(path / "summary.json", run.notes)
     else:
         run.notes.append("no summary.json: the run has not finished (numbers below are the last logged)")
     for png in (path / "samples").glob("epoch_*.png"):

@@ -36,6 +36,13 @@ def run_semisup(config, pms, seeds: int = 1, baseline: bool | None = None, paral
     from igan.console import stderr
     from igan.techniques.semisup import labels_for
 
+    from igan.config import SEED_MAX
+    from igan.errors import UsageError
+    from igan.fileio import write_text, writing
+
+    if config.opt("label_seed", 1) + seeds - 1 > SEED_MAX:
+        raise UsageError(f"--label-seed {config.opt('label_seed', 1)} with --seeds {seeds} goes past the largest "
+                         f"seed, {SEED_MAX}", hint=f"use --label-seed {SEED_MAX - seeds + 1} or lower")
     base_dir = seeds_base(config, seeds)
     configs = seed_configs(config, seeds, base_dir)
     for i, cfg in enumerate(configs):  # the labelled split varies with the seed, as the paper's protocol
@@ -62,7 +69,8 @@ def run_semisup(config, pms, seeds: int = 1, baseline: bool | None = None, paral
         result["baseline"] = run_semisup(cfg, pms, seeds, baseline=False, parallel=parallel)
     if not config.opt("supervised_only"):
         _print_table(result, n_test, stderr)
-    (base_dir / "semisup.json").write_text(json.dumps(result, indent=2) + "\n")
+    with writing(base_dir / "semisup.json", "every run and its checkpoint is intact"):
+        write_text(base_dir / "semisup.json", json.dumps(result, indent=2) + "\n")
     return result
 
 

@@ -38,13 +38,14 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from igan import __version__
-from igan.checkpoint import (checkpoint_metadata, flatten_optimizer, load_checkpoint, prefixed,
+from igan.checkpoint import (checkpoint_metadata, flatten_optimizer, load_checkpoint, nonfinite, prefixed,
                              save_checkpoint, unflatten_optimizer)
 from igan.compiling import MaybeCompiled
 from igan.config import RunConfig
 from igan.datasets import ImageDataset, load_dataset
 from igan.distributed import Dist
-from igan.errors import IganError, UsageError
+from igan.errors import IganError, Terminated, UsageError
+from igan.fileio import os_hint, writing
 from igan.layers import cacheable_parametrizations
 from igan.models import DOut, ModelDef, Models, initialize_from_data, sample_z
 from igan.plugins import call_impl
@@ -107,10 +108,6 @@ class ParallelMember:
     index: int
     size: int
     mode: str
-
-
-class Terminated(Exception):
-    """SIGTERM arrived: the loop saves a checkpoint and the CLI exits with 143."""
 
 
 @dataclass
@@ -207,12 +204,26 @@ class Run:
 # building a run
 
 
+DEVICE_NAMES = "auto, cpu, cuda, cuda:N or mps"
+
+
 def resolve_device(name: str) -> torch.device:
+    """The torch device for ``--device``: auto (CUDA when there is one), cpu, cuda, cuda:N or mps."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    kind, sep, index = str(name).partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (sep and (kind != "cuda" or not index.isdigit())):
+        raise UsageError(f"--device {name} is not a device igan can train on",
+                         hint=f"use one of: {DEVICE_NAMES}")
+    if kind == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {name} was asked for, but PyTorch sees no CUDA device",
                          hint="use --device cpu, or install a CUDA build of PyTorch")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: there is no such CUDA device ({torch.cuda.device_count()} visible)",
+                         hint=f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if kind == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise UsageError("--device mps was asked for, but PyTorch sees no MPS device",
+                         hint="use --device cpu")
     return torch.device(name)
 
 
@@ -262,10 +273,25 @@ def configure(pm: pluggy.PluginManager, config: RunConfig) -> None:
     if config.g_loss not in ("ns", "minimax"):
         raise UsageError(f"--g-loss must be 'ns' or 'minimax', got {config.g_loss!r}",
                          hint="ns = -log D(G(z)) (default); minimax = log(1 - D(G(z)))")
+    check_settings(config)
     pm.hook.igan_configure(config=config, pm=pm)
-    from igan.plugins import check_hookimpls
+    from igan.plugins import check_hookimpls, guard_hooks
 
     check_hookimpls(pm)  # plugins registered during configure are checked too
+    guard_hooks(pm)
+
+
+def check_settings(config: RunConfig) -> None:
+    """A usage error for the first core setting igan cannot run with (``--lr inf``, ``--lr nan``, a seed
+    out of range, ...: ``igan.config.config_problems``), before anything is trained."""
+    from dataclasses import asdict
+
+    from igan.config import CHOICES, config_problems
+
+    # choices are reported by ``configure`` with a hint each; plugin options by their parser
+    for name, why in config_problems({k: v for k, v in asdict(config).items() if k not in ("options", *CHOICES)}):
+        flag = "--" + name.split(".")[-1].replace("_", "-")
+        raise UsageError(f"{flag} {why}", hint=f"run `igan {config.command} --help` for the options")
 
 
 INPUT_GRAD_FIELDS = ("x_real", "fake", "x_lab")
@@ -290,8 +316,11 @@ def requested_input_grads(pm: pluggy.PluginManager) -> tuple[str, ...]:
 def build_run(config: RunConfig, pm: pluggy.PluginManager, run_dir: Path | None = None) -> Run:
     from igan.distributed import setup
 
+    from igan.compiling import compile_mode
+
     dist, device_name = setup(config.device)
     device = resolve_device(device_name)
+    compile_mode()  # a bad IGAN_COMPILE fails now, not at the first compiled call
     torch.manual_seed(config.seed)  # the same on every rank: identical initial weights
     dataset, spec = load_dataset(pm, config.dataset, config.data_dir, config.download, config)
     if device.type != "cpu":  # the whole set moves to the device: refuse it there if it cannot fit
@@ -546,14 +575,32 @@ def save_run(run: Run, path: Path | None = None) -> Path:
         run.dist.barrier()
         return path
     tensors, meta = run_state(run)
+    bad = nonfinite(tensors)
+    if bad:  # never replace the last good checkpoint with diverged weights
+        raise IganError(f"non-finite weights at step {run.step} ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}):"
+                        f" the checkpoint {path} was not written", hint=_kept_hint(run, path))
     try:
         save_checkpoint(path, tensors, meta)
     except OSError as exc:
+        kept = "the previous checkpoint is intact" if path.is_file() else "no checkpoint had been written yet"
         raise IganError(f"could not write checkpoint {path}: {exc.strerror or exc}",
-                        hint="free disk space or make the run directory writable; the previous checkpoint "
-                             "is intact") from exc
+                        hint=f"{os_hint(exc)}; {kept}") from exc
     run.dist.barrier()
     return path
+
+
+def _intact(run: Run) -> str | None:
+    if (run.run_dir / "checkpoints" / "last.safetensors").is_file():
+        return "the last checkpoint is intact: continue from it with --resume"
+    return None
+
+
+def _kept_hint(run: Run, path: Path | None = None) -> str:
+    """What is left after a run diverged: its last checkpoint, if it wrote one (a resumed run's included)."""
+    path = path or run.run_dir / "checkpoints" / "last.safetensors"
+    kept = (f"the last good checkpoint ({path}) is kept" if path.is_file() else
+            "no checkpoint had been written yet, so there is nothing to resume")
+    return f"{kept}; lower --lr or check the technique settings"
 
 
 def load_weights(models: Models, tensors: dict[str, torch.Tensor], path: Path, hint: str) -> None:
@@ -563,6 +610,16 @@ def load_weights(models: Models, tensors: dict[str, torch.Tensor], path: Path, h
         models.discriminator.load_state_dict(prefixed(tensors, "D"))
     except RuntimeError as exc:
         raise IganError(f"{path} does not fit the model: {str(exc).splitlines()[0]}", hint=hint) from exc
+
+
+def refuse_nonfinite(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """A checkpoint whose weights hold NaN or infinity (written by a run that diverged) is refused: its
+    samples would be NaN images and its scores meaningless."""
+    bad = nonfinite(tensors)
+    if bad:
+        raise IganError(f"{path} holds non-finite weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})",
+                        hint="the run diverged before this checkpoint was written; use an earlier checkpoint, or "
+                             "train again with a lower --lr")
 
 
 def check_compatible(config: RunConfig, meta: dict[str, Any], path: Path, parser=None) -> None:
@@ -598,7 +655,8 @@ def restore_run(run: Run, path: Path) -> None:
     checkpoint with plugin state no registered object owns and a target below the checkpoint's step."""
     from igan.ownership import check_tensor_owners
 
-    tensors, meta = load_checkpoint(path, run.device)
+    tensors, meta = load_checkpoint(path, run.device, require=("step", "opt_groups"))
+    refuse_nonfinite(tensors, path)
     check_tensor_owners(path, tensors, run.pm)
     step = int(meta["step"])
     if step > run.total_steps:
@@ -634,25 +692,33 @@ class _MetricsLog:
 
     def __init__(self, path: Path, active: bool = True) -> None:
         self.f = None
+        self.path = path
         if active:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.f = open(path, "a", encoding="utf-8")
+            with writing(path):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self.f = open(path, "a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
         if self.f is not None:
-            self.f.write(json.dumps(record) + "\n")
-            self.f.flush()
+            with writing(self.path):
+                self.f.write(json.dumps(record) + "\n")
+                self.f.flush()
 
     def close(self) -> None:
         if self.f is not None:
-            self.f.close()
+            f, self.f = self.f, None
+            try:
+                f.close()
+            except OSError:  # buffered bytes that no longer fit: the write that failed already said so
+                pass
 
 
-def _check_finite(values: dict[str, float], step: int, who: str = "") -> None:
+def _check_finite(values: dict[str, float], step: int, who: str = "", run: Run | None = None) -> None:
     bad = [k for k, v in values.items() if not math.isfinite(v)]
     if bad:
         raise IganError(f"non-finite loss at step {step}{who}: {', '.join(f'{k}={values[k]}' for k in bad)}",
-                        hint="the last good checkpoint is kept; lower --lr or check the technique settings")
+                        hint=_kept_hint(run) if run is not None else
+                        "the last good checkpoint is kept; lower --lr or check the technique settings")
 
 
 class OneRun:
@@ -707,9 +773,12 @@ def fit_runs(trainer: Any, resumes: list[Path | None], progress: bool = True) ->
     first = runs[0]
     main = first.dist.is_main
     if main:  # only now: a refused resume must not touch the run directory
+        from igan.fileio import make_dirs, write_text
+
         for run in runs:
-            run.run_dir.mkdir(parents=True, exist_ok=True)
-            (run.run_dir / "config.json").write_text(json.dumps(json.loads(run.config.to_json()), indent=2) + "\n")
+            make_dirs(run.run_dir, "run directory")
+            with writing(run.run_dir / "config.json"):
+                write_text(run.run_dir / "config.json", json.dumps(json.loads(run.config.to_json()), indent=2) + "\n")
     total = first.total_steps
     spe = first.steps_per_epoch
     log_every = max(1, first.config.log_every)
@@ -736,6 +805,10 @@ def fit_runs(trainer: Any, resumes: list[Path | None], progress: bool = True) ->
     in_step = False
 
     def on_signal(signum, frame):  # noqa: ARG001
+        from igan import interrupts
+
+        if signum == signal.SIGINT:
+            interrupts.note()  # the user's Ctrl-C, not a plugin's own KeyboardInterrupt
         if stop:  # a second Ctrl-C: stop now
             raise KeyboardInterrupt
         stop.append(Terminated if signum == signal.SIGTERM else KeyboardInterrupt)
@@ -774,7 +847,7 @@ def fit_runs(trainer: Any, resumes: list[Path | None], progress: bool = True) ->
                         else:
                             vals = []
                         last_values[i] = dict(zip(keys, vals))
-                        _check_finite(last_values[i], step, labels[i])
+                        _check_finite(last_values[i], step, labels[i], run)
                         metrics[i].write({"step": step, "epoch": step / spe, **last_values[i]})
                         run.pm.hook.igan_log(run=run, step=step, values=last_values[i])
                     acc, n_acc = [{} for _ in runs], 0
@@ -794,8 +867,9 @@ def fit_runs(trainer: Any, resumes: list[Path | None], progress: bool = True) ->
                                 run.pm.hook.igan_log(run=run, step=step, values=found)
                             if main:
                                 images = run.generate(run.fixed_z.shape[0], run.fixed_z)
-                                save_png(make_grid(images), run.run_dir / "samples" / f"epoch_{epoch:04d}.png",
-                                         upscale=4 if max(images.shape[-2:]) < 64 else 1)
+                                grid = run.run_dir / "samples" / f"epoch_{epoch:04d}.png"
+                                with writing(grid, _intact(run)):
+                                    save_png(make_grid(images), grid, upscale=4 if max(images.shape[-2:]) < 64 else 1)
                     save_all()
                 elif end_of_epoch or (every and step % every == 0):
                     save_all()  # the end of training inside an epoch whose end already fired, or periodic
@@ -828,7 +902,10 @@ def fit_runs(trainer: Any, resumes: list[Path | None], progress: bool = True) ->
                    "steps_per_second": round((run.step - start_step) / max(elapsed, 1e-9), 2),  # this segment
                    "losses": last_values[i], "metrics": run.last_metrics}
         if main:
-            (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            from igan.fileio import write_text
+
+            with writing(run.run_dir / "summary.json", "the checkpoint is intact"):
+                write_text(run.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         summaries.append(summary)
     return summaries
 

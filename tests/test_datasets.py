@@ -535,3 +535,111 @@ def test_balanced_subset_too_few(labels: torch.Tensor) -> None:
 def test_balanced_subset_real_mnist(real_mnist) -> None:
     idx = balanced_labeled_subset(real_mnist.y_train, 10, seed=1)
     assert torch.bincount(real_mnist.y_train[idx], minlength=10).tolist() == [10] * 10
+
+
+# Decompression bombs: a small compressed file that inflates far past what its format can hold is
+# refused once the format's size is passed, without inflating the rest (memory stays small).
+
+class _Zeros(io.RawIOBase):
+    """``n`` zero bytes, produced as they are read (the bomb is never held in memory while written)."""
+
+    def __init__(self, n: int) -> None:
+        self.left = n
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        k = min(len(b), self.left)
+        b[:k] = bytes(k)
+        self.left -= k
+        return k
+
+
+def _gzip_bomb(path: Path, header: bytes, inflated: int) -> Path:
+    with gzip.open(path, "wb", compresslevel=9) as f:
+        f.write(header)
+        shutil.copyfileobj(_Zeros(inflated - len(header)), f, 1 << 20)
+    return path
+
+
+def _peak_bytes(fn) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def test_mnist_gzip_bomb_stops_at_the_official_size(tmp_path: Path) -> None:
+    make_mnist(tmp_path)
+    # test labels: an 8-byte header, then 12 MiB of what claims to be labels (the official file has 10,008
+    # bytes); compressed, the bomb is about as small as the real file
+    bomb = _gzip_bomb(tmp_path / "t10k-labels-idx1-ubyte.gz", struct.pack(">iI", 2049, 12 << 20), 12 << 20)
+    assert bomb.stat().st_size < 14_000
+
+    def load() -> None:
+        with pytest.raises(IganError, match="inflates past the 10,008 bytes") as e:
+            load_mnist(tmp_path, False, verify=False)
+        assert str(bomb) in e.value.message
+
+    assert _peak_bytes(load) < 4 << 20  # it did not inflate the 12 MiB
+
+
+def test_mnist_oversized_raw_file_is_refused_before_reading(tmp_path: Path) -> None:
+    make_mnist(tmp_path, gz=False)
+    path = tmp_path / "t10k-images-idx3-ubyte"
+    with open(path, "r+b") as f:
+        f.truncate(3 << 30)  # sparse: 3 GiB that take no disk space
+    assert _peak_bytes(lambda: _expect_too_large(lambda: load_mnist(tmp_path, False, verify=False), path)) < 8 << 20
+
+
+def _expect_too_large(fn, path: Path) -> None:
+    with pytest.raises(IganError, match="bytes, more than .* can be") as e:
+        fn()
+    assert str(path) in e.value.message
+
+
+def _tar_with(archive: Path, name: str, size: int) -> Path:
+    with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
+        info = tarfile.TarInfo(name)
+        info.size = size
+        tar.addfile(info, _Zeros(size))
+    return archive
+
+
+@pytest.mark.parametrize("member, size", [
+    ("cifar-10-batches-py/data_batch_1", 40 << 20),  # a batch larger than a batch can be: refused from its header
+    ("cifar-10-batches-py/readme.html", 200 << 20),  # an unread member: the stream stops at the archive's size
+], ids=["batch", "skipped-member"])
+def test_cifar_archive_bomb_stops_early(tmp_path: Path, member: str, size: int) -> None:
+    archive = _tar_with(tmp_path / "cifar-10-python.tar.gz", member, size)
+    assert archive.stat().st_size < 2 << 20
+
+    def load() -> None:
+        with pytest.raises(IganError, match="more than a CIFAR-10|inflates past the") as e:
+            load_cifar10(tmp_path, False, verify=False)
+        assert str(archive) in e.value.message
+
+    assert _peak_bytes(load) < 8 << 20
+
+
+def test_cifar_oversized_batch_file_is_refused_before_reading(tmp_path: Path) -> None:
+    make_cifar(tmp_path / "cifar-10-batches-py")
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    with open(path, "r+b") as f:
+        f.truncate(1 << 30)  # sparse
+    _expect_too_large(lambda: load_cifar10(tmp_path, False, verify=False), path)
+
+
+def test_svhn_oversized_file_is_refused_before_reading(tmp_path: Path) -> None:
+    pytest.importorskip("scipy")
+    make_svhn(tmp_path)
+    path = tmp_path / "test_32x32.mat"
+    with open(path, "r+b") as f:
+        f.truncate(1 << 30)  # sparse
+    _expect_too_large(lambda: load_svhn(tmp_path, False, verify=False), path)

@@ -210,3 +210,19 @@ def test_safe_extract_damaged_archive(tmp_path: Path) -> None:
     with pytest.raises(IganError, match="cannot extract") as e:
         safe_extract(archive, tmp_path / "out")
     assert str(archive) in e.value.message
+
+
+def test_safe_extract_stops_at_its_limit(tmp_path: Path) -> None:
+    # a member of 8 MiB of zeros (a few KB compressed) against a limit of 1 MiB: nothing is written
+    archive = tmp_path / "bomb.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("zeros.bin")
+        info.size = 8 << 20
+        tar.addfile(info, io.BytesIO(bytes(info.size)))
+    assert archive.stat().st_size < 64 << 10
+    dest = tmp_path / "out"
+    with pytest.raises(IganError, match="inflates past the 1,048,576 bytes") as e:
+        safe_extract(archive, dest, max_bytes=1 << 20)
+    assert str(archive) in e.value.message
+    assert not dest.exists()
+    assert (safe_extract(archive, dest, max_bytes=16 << 20) / "zeros.bin").stat().st_size == 8 << 20

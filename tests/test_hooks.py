@@ -673,11 +673,14 @@ def test_train_end_failure_after_an_early_stop_does_not_hide_the_error(tmp_path)
 
 
 def test_train_end_after_ctrl_c_sees_the_saved_step(tmp_path) -> None:
+    import os
+    import signal
+
     class CtrlC(EndRecorder):
         @hookimpl
         def igan_log(self, run, step, values):
-            if step == 2:
-                raise KeyboardInterrupt
+            if step == 2:  # the user presses Ctrl-C (a real SIGINT; a plugin's own KeyboardInterrupt is a fault)
+                os.kill(os.getpid(), signal.SIGINT)
 
     rec = CtrlC()
     run = make_run(tmp_path, ("rec", rec), steps=5)

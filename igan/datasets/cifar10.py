@@ -15,6 +15,7 @@ import codecs
 import io
 import pickle
 import tarfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import torch
 
 from igan.datasets.base import ImageDataset
 # Imported under another name: the loaders' ``download`` flag would shadow it.
-from igan.datasets.files import check_md5, missing_files_error, resolve_data_dir
+from igan.datasets.files import capped_tar, check_md5, check_size, missing_files_error, resolve_data_dir
 from igan.datasets.files import download as fetch
 from igan.errors import IganError
 
@@ -50,6 +51,11 @@ CIFAR10_MD5 = {
     "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
 }
 FILES = (*TRAIN_BATCHES, TEST_BATCH, META)
+# Bounds on what is read (a small .tar.gz can inflate to gigabytes). A batch pickles 10,000 x 3072 pixels
+# (30.72 MB) with its labels and file names (31.0 MB on disk); the archive's tar stream is 186 MB.
+MAX_BATCH_BYTES = 32 << 20
+MAX_META_BYTES = 64 << 10
+MAX_TAR_BYTES = 192 << 20
 
 
 def _numpy_reconstruct() -> Any:
@@ -131,11 +137,16 @@ def _class_names(data: bytes, path: str) -> tuple[str, ...]:
     return tuple(n.decode("ascii", "replace") for n in names)
 
 
+def _max_size(name: str) -> int:
+    return MAX_META_BYTES if name == META else MAX_BATCH_BYTES
+
+
 def _read_folder(folder: Path, verify: bool) -> dict[str, bytes]:
     contents = {}
     for name in FILES:
         path = folder / name
         try:
+            check_size(path, _max_size(name), f"a CIFAR-10 {name}")
             if verify:
                 check_md5(path, CIFAR10_MD5[name], "CIFAR-10", CIFAR10_URL)
             contents[name] = path.read_bytes()
@@ -145,21 +156,28 @@ def _read_folder(folder: Path, verify: bool) -> dict[str, bytes]:
 
 
 def _read_archive(archive: Path, verify: bool) -> dict[str, bytes]:
-    """The batch files of the archive, read in memory: nothing is written to disk."""
+    """The batch files of the archive, read in memory: nothing is written to disk. The archive is read as
+    a stream of at most MAX_TAR_BYTES decompressed bytes, and a batch larger than a batch can be is
+    refused from its header, before its bytes are read."""
     if verify:
         check_md5(archive, ARCHIVE_MD5, "CIFAR-10", CIFAR10_URL)
     wanted = {f"{CIFAR10_FOLDER}/{name}": name for name in FILES}
     contents: dict[str, bytes] = {}
     try:
-        with tarfile.open(archive, "r:gz") as tar:
+        check_size(archive, MAX_TAR_BYTES, "the CIFAR-10 archive")
+        with capped_tar(archive, MAX_TAR_BYTES, "the CIFAR-10 archive") as tar:
             for member in tar:
                 name = wanted.get(member.name.removeprefix("./"))
                 if name is None or not member.isfile():
                     continue  # readme.html, directories; links are never followed
+                if member.size > _max_size(name):
+                    raise IganError(f"{archive}: {member.name} is {member.size:,} bytes, more than a CIFAR-10 "
+                                    f"{name} can be ({_max_size(name):,})",
+                                    hint="this is not the CIFAR-10 python archive; delete it and download it again")
                 handle = tar.extractfile(member)
                 if handle is not None:  # always, for a regular file
                     contents[name] = handle.read()
-    except (tarfile.TarError, EOFError, OSError) as e:
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
         raise IganError(f"cannot read {archive}: {type(e).__name__}: {e}",
                         hint="the archive is truncated or damaged; delete it and download it again"
                         ) from None

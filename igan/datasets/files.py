@@ -7,8 +7,11 @@ Every loader shares the same rules, so they live here once:
 * ``download(url, dest, md5)``: streams into a temporary file beside ``dest``, checks the MD5,
   fsyncs and only then renames it into place, so an interrupted or corrupted download never
   leaves a file that a later run would mistake for the dataset.
-* ``safe_extract(tar_path, dest)``: ``tarfile`` with the ``"data"`` filter, with every member
-  checked before anything is written, so a hostile archive writes nothing at all.
+* ``safe_extract(tar_path, dest, max_bytes=...)``: ``tarfile`` with the ``"data"`` filter, with every
+  member checked before anything is written, so a hostile archive writes nothing at all.
+* Decompression bombs (a 3 MB ``.gz`` can inflate to gigabytes): every format's decompressed size is
+  known, so compressed data is read as a stream that stops past that size (``read_gzip``,
+  ``capped_tar``) with an error naming the file, instead of filling memory or the disk.
 
 Only the standard library is used (urllib, hashlib, tarfile): downloading four files does not
 justify a dependency. Failures are raised as one-line ``IganError``s naming the file or URL.
@@ -16,11 +19,16 @@ justify a dependency. Failures are raised as one-line ``IganError``s naming the 
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import hashlib
 import http.client
+import io
 import logging
+import lzma
 import os
 import tarfile
+import zlib
 import tempfile
 import urllib.error
 import urllib.request
@@ -42,6 +50,10 @@ __all__ = [
     "download",
     "download_files",
     "safe_extract",
+    "read_gzip",
+    "capped_tar",
+    "check_size",
+    "TooLarge",
 ]
 
 DATA_DIR_ENV = "IGAN_DATA_DIR"
@@ -154,8 +166,10 @@ def download(url: str, dest: Path, md5: str, *, timeout: float = DOWNLOAD_TIMEOU
             raise IganError(f"download of {url}: MD5 {actual} does not match the expected {md5}",
                             hint="the server sent a different or damaged file; rerun later or fetch "
                                  f"it by hand into {dest.parent}")
-        # mkstemp creates the file private (0600); a dataset file is readable like any download.
-        os.chmod(tmp, 0o644)
+        # mkstemp creates the file private (0600); a dataset file gets the mode open() gives (umask).
+        from igan.fileio import apply_new_file_mode
+
+        apply_new_file_mode(tmp, dest)
         os.replace(tmp, dest)
         _fsync_dir(dest.parent)
         return dest
@@ -202,31 +216,120 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+# bounded reading
+
+class TooLarge(IganError):
+    """Compressed data that inflates past what its format can hold."""
+
+
+_NOT_OFFICIAL = "the file is not the official one (or is a decompression bomb); delete it and download it again"
+
+
+def _too_large(path: Path | str, limit: int, what: str) -> TooLarge:
+    return TooLarge(f"{path} inflates past the {limit:,} bytes of {what}; reading stopped there", hint=_NOT_OFFICIAL)
+
+
+def check_size(path: Path, limit: int, what: str) -> None:
+    """Refuse a file on disk larger than ``limit`` bytes before reading it into memory."""
+    size = path.stat().st_size
+    if size > limit:
+        raise TooLarge(f"{path} is {size:,} bytes, more than {what} can be ({limit:,})", hint=_NOT_OFFICIAL)
+
+
+def read_gzip(path: Path, limit: int, what: str) -> bytes:
+    """The decompressed bytes of a ``.gz`` file, reading no more than ``limit`` + 1 bytes of output."""
+    chunks, total = [], 0
+    try:
+        with gzip.open(path, "rb") as f:
+            # in chunks: one read(limit + 1) would allocate the whole limit up front, even for a tiny file
+            while total <= limit and (chunk := f.read(min(_CHUNK, limit + 1 - total))):
+                chunks.append(chunk)
+                total += len(chunk)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise IganError(f"{path}: not a valid gzip file ({e})",
+                        hint="the file is truncated or damaged; delete it and download it again") from None
+    if total > limit:
+        raise _too_large(path, limit, what)
+    return b"".join(chunks)
+
+
+class _Capped(io.RawIOBase):
+    """A read-only stream that raises ``TooLarge`` once more than ``limit`` bytes were read from it."""
+
+    def __init__(self, raw: io.BufferedIOBase, limit: int, path: Path, what: str) -> None:
+        super().__init__()
+        self.raw, self.limit, self.path, self.what, self.done = raw, limit, path, what, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+        # one byte more than allowed is enough to tell a file that is too large
+        room = min(len(buffer), self.limit + 1 - self.done)
+        if room <= 0:
+            raise _too_large(self.path, self.limit, self.what)
+        data = self.raw.read(room)
+        buffer[:len(data)] = data
+        self.done += len(data)
+        if self.done > self.limit:
+            raise _too_large(self.path, self.limit, self.what)
+        return len(data)
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
+def _decompressed(path: Path) -> io.BufferedIOBase:
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic[:2] == b"\x1f\x8b":
+        return gzip.open(path, "rb")
+    if magic[:3] == b"BZh":
+        return bz2.open(path, "rb")
+    if magic == b"\xfd7zXZ\x00":
+        return lzma.open(path, "rb")
+    return open(path, "rb")
+
+
+def capped_tar(path: Path, limit: int, what: str) -> tarfile.TarFile:
+    """A tar archive (plain, gz, bz2 or xz) opened as a stream (``r|``: members in order, read once)
+    that stops with ``TooLarge`` past ``limit`` bytes of decompressed tar data."""
+    stream = io.BufferedReader(_Capped(_decompressed(path), limit, path, what), buffer_size=1 << 20)
+    return tarfile.open(fileobj=stream, mode="r|")
+
+
 # archives
 
-def safe_extract(tar_path: Path, dest: Path) -> Path:
+MAX_EXTRACT_BYTES = 2 << 30  # safe_extract's default: callers pass their format's own size
+
+
+def safe_extract(tar_path: Path, dest: Path, *, max_bytes: int = MAX_EXTRACT_BYTES) -> Path:
     """Extract ``tar_path`` into ``dest`` with tarfile's ``"data"`` filter; return ``dest``.
 
     The filter refuses absolute paths, ``..`` components, links pointing outside ``dest`` and
     device files. Every member is checked before the first one is written, so a refused archive
-    leaves ``dest`` untouched.
+    leaves ``dest`` untouched. The archive is read as a stream of at most ``max_bytes`` decompressed
+    bytes (twice: once to check, once to extract), so a decompression bomb stops early.
     """
     if not hasattr(tarfile, "data_filter"):  # added in 3.10.12 / 3.11.4
         raise IganError(f"cannot safely extract {tar_path}: this Python's tarfile has no 'data' filter",
                         hint="upgrade to Python 3.10.12, 3.11.4 or newer")
     dest = Path(dest)
+    what = "an archive igan extracts"
     try:
-        with tarfile.open(tar_path) as archive:
-            members = archive.getmembers()
-            for member in members:
+        with capped_tar(tar_path, max_bytes, what) as archive:
+            for member in archive:
                 try:
                     tarfile.data_filter(member, str(dest))
                 except tarfile.FilterError as e:
                     raise IganError(f"refusing to extract {tar_path}: member {member.name!r}: {e}",
                                     hint="the archive is damaged or malicious; delete it") from None
-            dest.mkdir(parents=True, exist_ok=True)
-            archive.extractall(dest, members=members, filter="data")
-    except (tarfile.TarError, EOFError, OSError) as e:
+        dest.mkdir(parents=True, exist_ok=True)
+        with capped_tar(tar_path, max_bytes, what) as archive:
+            for member in archive:
+                archive.extract(member, dest, filter="data")
+    except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as e:
         raise IganError(f"cannot extract {tar_path}: {type(e).__name__}: {e}",
                         hint="the archive is truncated or not a tar file; delete it and download it again"
                         ) from None

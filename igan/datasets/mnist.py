@@ -12,19 +12,18 @@ the genuine data are valid while anything else is refused.
 
 from __future__ import annotations
 
-import gzip
 import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from igan.datasets.base import ImageDataset
-from igan.datasets.files import download_files, md5_bytes, missing_files_error, resolve_data_dir
+from igan.datasets.files import (check_size, download_files, md5_bytes, md5_file, missing_files_error, read_gzip,
+                                 resolve_data_dir)
 from igan.errors import IganError
 
-__all__ = ["MNIST_URL", "MNIST_FILES", "MNIST_GZ_MD5", "MNIST_RAW_MD5", "read_idx", "load_mnist"]
+__all__ = ["MNIST_URL", "MNIST_FILES", "MNIST_GZ_MD5", "MNIST_RAW_MD5", "MNIST_RAW_SIZE", "read_idx", "load_mnist"]
 
 NAME = "mnist"
 # The LeCun site no longer serves the files reliably; this is the mirror torchvision uses.
@@ -49,6 +48,14 @@ MNIST_RAW_MD5 = {
     "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
 }
 
+# Sizes of the decompressed files: nothing larger is read (header + 60,000 or 10,000 items).
+MNIST_RAW_SIZE = {
+    "train-images-idx3-ubyte": 16 + 60_000 * 28 * 28,
+    "train-labels-idx1-ubyte": 8 + 60_000,
+    "t10k-images-idx3-ubyte": 16 + 10_000 * 28 * 28,
+    "t10k-labels-idx1-ubyte": 8 + 10_000,
+}
+
 IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
 LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
 
@@ -62,20 +69,20 @@ def _find(folder: Path, name: str) -> Path | None:
 
 
 def _read_content(path: Path, name: str, verify: bool) -> bytes:
-    """The decompressed bytes of ``path``, checked against the official MD5s when ``verify``."""
+    """The decompressed bytes of ``path``, checked against the official MD5s when ``verify``. Never more
+    than the official file's size is read or inflated (a small .gz can inflate to gigabytes)."""
+    limit, what = MNIST_RAW_SIZE[name], f"the MNIST file {name}"
+    gz_ok = False
     try:
-        data = path.read_bytes()
+        if path.suffix == ".gz":
+            check_size(path, limit + limit // 100 + 4096, what)  # even stored uncompressed, gzip adds little
+            gz_ok = verify and md5_file(path) == MNIST_GZ_MD5[name]
+            data = read_gzip(path, limit, what)
+        else:
+            check_size(path, limit, what)
+            data = path.read_bytes()
     except OSError as e:
         raise IganError(f"cannot read {path}: {e.strerror}") from None
-    gz_ok = False
-    if path.suffix == ".gz":
-        gz_ok = verify and md5_bytes(data) == MNIST_GZ_MD5[name]
-        try:
-            data = gzip.decompress(data)
-        except (EOFError, gzip.BadGzipFile, zlib.error) as e:
-            raise IganError(f"{path}: not a valid gzip file ({e})",
-                            hint="the file is truncated or damaged; delete it and download it again"
-                            ) from None
     if verify and not gz_ok:
         actual = md5_bytes(data)
         if actual != MNIST_RAW_MD5[name]:

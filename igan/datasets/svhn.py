@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from igan.datasets.base import ImageDataset
-from igan.datasets.files import check_md5, download_files, missing_files_error, resolve_data_dir
+from igan.datasets.files import check_md5, check_size, download_files, missing_files_error, resolve_data_dir
 from igan.errors import IganError
 
 __all__ = ["SVHN_URL", "SVHN_MD5", "read_svhn_mat", "load_svhn"]
@@ -30,6 +30,9 @@ SVHN_MD5 = {
     TRAIN_FILE: "e26dedcc434d2e4c54c9b2d4a06d8373",
     TEST_FILE: "eb5a983be6a315427106f1b164d9cef3",
 }
+# Larger files are refused before they are read (the official ones are about 182 MB and 64 MB). Their
+# variables are zlib-compressed inside the .mat file; the MD5 check comes before scipy inflates them.
+SVHN_MAX_BYTES = {TRAIN_FILE: 384 << 20, TEST_FILE: 128 << 20}
 
 
 def _loadmat() -> Any:
@@ -83,7 +86,9 @@ def load_svhn(data_dir: Path | None = None, download: bool = False, *, verify: b
     if not all((folder / name).is_file() for name in files):
         raise missing_files_error("SVHN", folder, list(files), HOMEPAGE)
     _loadmat()  # fail on a missing scipy before spending time on checksums
-    if verify:
+    for name in files:
+        check_size(folder / name, SVHN_MAX_BYTES[name], f"the SVHN file {name}")
+    if verify:  # before scipy inflates anything: a file that is not the official one is never decompressed
         for name in files:
             check_md5(folder / name, SVHN_MD5[name], "SVHN", base_url.rstrip("/") + "/" + name)
     x_train, y_train = read_svhn_mat(folder / TRAIN_FILE)

@@ -31,7 +31,6 @@ import contextlib
 import hashlib
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -192,18 +191,14 @@ def _one_cpu_thread(device: torch.device) -> Iterator[None]:
 
 
 def _save(model: PixelMLP, path: Path, metadata: dict[str, str]) -> None:
-    from safetensors.torch import save_file
+    from igan.checkpoint import write_safetensors
+    from igan.fileio import atomic_write
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-        save_file(state, tmp, metadata=metadata)
-        os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the new one
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    # atomic: a concurrent reader sees the old file or the new one; mode as open() gives it; a full disk
+    # is an OSError (safetensors raises its own error type)
+    atomic_write(path, lambda tmp: write_safetensors(state, tmp, metadata))
 
 
 def _load(path: Path, image_shape: tuple[int, int, int], num_classes: int, recipe: ClassifierRecipe,

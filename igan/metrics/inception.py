@@ -405,6 +405,9 @@ def download_inception_weights(dest: Path | None = None, *, url: str = WEIGHTS_U
                             f"expected {sha256}; the file was discarded",
                             hint="the download was truncated or altered; try again, or fetch "
                                  f"{url} by hand and check its SHA-256")
+        from igan.fileio import apply_new_file_mode
+
+        apply_new_file_mode(tmp, dest)  # mkstemp made it 0600; a download gets the mode open() gives
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)

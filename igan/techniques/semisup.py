@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from igan import losses
+from igan.config import SEED_MAX
 from igan.errors import UsageError
 from igan.plugins import hookimpl
 
@@ -44,7 +45,7 @@ def igan_addoption(parser):
     parser.add("labels", int, None, min=1, commands=SEMISUP, panel=panel,
                help="number of labelled examples, class-balanced (default: 100 mnist, 4000 cifar10, "
                     "1000 svhn, 50 digits, else 10 per class)")
-    parser.add("label_seed", int, 1, commands=SEMISUP, panel=panel,
+    parser.add("label_seed", int, 1, min=0, max=SEED_MAX, commands=SEMISUP, panel=panel,
                help="seed of the labelled split (reference seed_data, default 1)")
     parser.add("unlabeled_weight", float, 1.0, min=0.0, commands=SEMISUP, panel=panel,
                help="weight w of the unsupervised loss")
