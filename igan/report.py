@@ -1,4 +1,5 @@
-"""``igan report``: one self-contained HTML page about one or more run directories.
+"""What ``igan report`` writes (the command is ``igan.cli.report``): one self-contained HTML page about
+one or more run directories.
 
 The page reads only what a run leaves on disk: ``config.json``, ``metrics.jsonl`` (the record of the
 run), ``summary.json``, ``samples/epoch_NNNN.png``, the metadata of ``checkpoints/last.safetensors``
@@ -22,13 +23,11 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Optional
-
-import typer
+from typing import Any, Iterable
 
 from igan.errors import IganError
 
-__all__ = ["RunData", "SeedsTable", "load_run", "collect", "build_report", "write_report", "register"]
+__all__ = ["RunData", "SeedsTable", "load_run", "collect", "build_report", "write_report"]
 
 HINT = 'pip install "igan[report]"'
 MAX_SAMPLES = 8  # sample grids shown per run (one row): all when there are at most this many epochs
@@ -762,27 +761,3 @@ def write_report(dirs: list[Path], out: Path | None = None, max_samples: int = M
         raise IganError(f"could not write {out}: {exc.strerror or exc}",
                         hint="choose another place with -o, or make the folder writable") from exc
     return out
-
-
-def report(
-    run_dirs: Annotated[list[Path], typer.Argument(
-        help="run directories (igan train or semisup output; a semisup --seeds base directory brings "
-             "its seeds)",
-        show_default=False)],
-    out: Annotated[Optional[Path], typer.Option(
-        "-o", "--out",
-        help="the HTML file (default: RUN_DIR/report.html for one run, report.html for several)",
-        show_default=False)] = None,
-    samples: Annotated[int, typer.Option(
-        "--samples", min=2, help="sample grids per run, spread over the epochs (all of them when fewer)")]
-        = MAX_SAMPLES,
-) -> None:
-    """Write one self-contained HTML page (plots and images embedded) about one or more runs; several
-    runs overlay their curves. Prints the file's path."""
-    print(write_report(run_dirs, out, samples))
-
-
-def register(app: typer.Typer) -> None:
-    hint = HINT.replace("[", "\\[")  # the epilog is rich markup: keep "[report]" from being read as a tag
-    app.command("report", epilog=f"Example: igan report runs/fm runs/fm-ha -o ablation.html  (needs {hint})")(
-        report)

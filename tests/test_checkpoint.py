@@ -13,7 +13,7 @@ from safetensors import safe_open
 import igan
 import igan.checkpoint
 from igan.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
-from igan.commands import restore_models
+from igan.restore import restore_models
 from igan.errors import IganError
 
 from conftest import assert_clean_error

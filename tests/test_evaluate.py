@@ -157,7 +157,7 @@ def test_classifier_score_errors(tmp_path, run_cli):
 
 def test_error_of_semisup_checkpoint_uses_the_ema(tmp_path, run_cli, digits_ckpt):
     from igan.checkpoint import prefixed
-    from igan.commands import restore_models
+    from igan.restore import restore_models
     from igan.datasets.digits import load_digits
     from igan.techniques.semisup import test_errors
 

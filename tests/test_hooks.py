@@ -499,7 +499,7 @@ def test_hook_igan_sampling_generator(tmp_path):
 
 
 def test_hook_igan_prepare_inference(tmp_path):
-    from igan.commands import restore_models
+    from igan.restore import restore_models
 
     class Stamp:
         """Saves a tensor with every checkpoint; at inference, replaces G by a constant generator."""

@@ -18,8 +18,9 @@ import pytest
 import torch
 
 from igan.checkpoint import load_checkpoint
-from igan.cli import main, make_config
-from igan.commands import restore_models
+from igan.cli import main
+from igan.cli.training import make_config
+from igan.restore import restore_models
 from igan.config import RunConfig
 from igan.layers import (BatchNormNoScale, GaussianNoise, MinibatchDiscrimination, VBNGenerator,
                          VirtualBatchNorm, is_weight_normed)

@@ -1,4 +1,4 @@
-"""The commands besides ``train``: ``sample`` and ``plugins`` (``semisup`` and ``evaluate`` plug in here).
+"""Rebuild a checkpoint's model pair for ``igan sample`` and ``igan evaluate``.
 
 ``sample`` and ``evaluate`` rebuild the exact model from a checkpoint's metadata: the model registry
 entry, its kwargs and the run's technique options (``igan_modify_models`` runs again, because MBD and
@@ -7,17 +7,15 @@ VBN change the architecture), then load the weights straight onto the target dev
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import torch
-import typer
 
-from igan.errors import IganError, UsageError
+from igan.errors import IganError
 
-__all__ = ["register_builtin", "Restored", "restore_models"]
+__all__ = ["Restored", "restore_models"]
 
 
 @dataclass
@@ -89,60 +87,3 @@ def restore_models(path: Path, device_name: str = "auto", pm=None) -> Restored:
     models.generator.to(device)
     models.discriminator.to(device).eval()  # noise/dropout off; G keeps batch statistics (reference)
     return Restored(models, config, meta, tensors, device)
-
-
-def sample(
-    checkpoint: Annotated[Path, typer.Argument(help="a .safetensors checkpoint written by igan")],
-    n: Annotated[int, typer.Option("-n", "--n", min=1, help="number of images")] = 64,
-    out: Annotated[Path, typer.Option("-o", "--out", help="grid.png, images.npz, or a folder for PNGs")] = Path(
-        "samples.png"),
-    seed: Annotated[int, typer.Option("--seed", help="noise seed")] = 0,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda")] = "auto",
-) -> None:
-    """Write samples from a checkpoint: a PNG grid, an .npz of uint8 NHWC images, or a folder of PNGs."""
-    from igan.images import save_images
-
-    restored = restore_models(checkpoint, device)
-    if out.suffix.lower() == ".png" and n > 4096:
-        raise UsageError(f"a grid of {n} images is too large", hint="write an .npz or a folder for many samples")
-    if out.suffix.lower() in (".png", ".npz"):
-        save_images(torch.cat(list(restored.generate(n, seed))), out)
-    else:
-        written = 0
-        for chunk in restored.generate(n, seed):
-            save_images(chunk, out, start=written)
-            written += chunk.shape[0]
-    print(out)
-
-
-def plugins(as_json: Annotated[bool, typer.Option("--json", help="print JSON on stdout")] = False) -> None:
-    """List plugins: name, version, source, hooks implemented (and broken ones with their error)."""
-    from rich.table import Table
-
-    from igan.console import stderr
-    from igan.plugins import get_plugin_manager, plugin_infos
-
-    rows = plugin_infos(get_plugin_manager())
-    if as_json:
-        print(json.dumps([{"name": r.name, "version": r.version, "source": r.source, "module": r.module,
-                           "hooks": r.hooks, "error": r.error} for r in rows], indent=2))
-        return
-    table = Table("name", "version", "source", "hooks")
-    for r in rows:
-        table.add_row(r.name, r.version, r.source, f"[red]broken: {r.error}[/]" if r.error else ", ".join(
-            h.removeprefix("igan_") for h in r.hooks))
-    stderr.print(table)
-    print("\n".join(r.name for r in rows))
-
-
-def register_builtin(app: typer.Typer, pms, parser, training_command) -> None:
-    app.command("sample")(sample)
-    app.command("plugins")(plugins)
-    from igan import evaluate
-    evaluate.register(app, pms)
-    from igan import semisup_cli
-
-    semisup_cli.register(app, pms, parser, training_command)
-    from igan import report
-
-    report.register(app)

@@ -1,0 +1,123 @@
+"""The ``igan`` app: builds the typer app from the plugins and runs it, mapping errors to exit codes.
+
+The plugin manager is built first, then the typer app from it, so plugin options become real typer
+options (help panels included) before any command parses its arguments. Each command lives in its own
+module of ``igan.cli`` (``train``, ``semisup``, ``sample``, ``evaluate``, ``report``, ``plugins``) with a
+``register(app, ...)`` function; plugins add theirs through ``igan_register_commands``. stdout carries
+only data (a run directory, a path, or JSON with ``--json``); everything for people goes to stderr.
+Exit codes: 0 success, 1 runtime error, 2 usage error, 130 Ctrl-C, 143 SIGTERM (both after saving a
+checkpoint).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from igan import __version__
+from igan.cli.common import PluginManagers
+from igan.errors import IganError
+
+__all__ = ["main", "build_app"]
+
+
+def build_app(pms: PluginManagers | None = None) -> typer.Typer:
+    from igan.cli import evaluate, plugins, report, sample, semisup, train
+    from igan.options import collect_options
+
+    pms = pms or PluginManagers([])
+    pm = pms.new()
+    parser = collect_options(pm)
+    app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+                      help=f"igan {__version__}: Improved Techniques for Training GANs, as plugins.",
+                      context_settings={"help_option_names": ["-h", "--help"]})
+    train.register(app, pms, parser)
+    sample.register(app)
+    plugins.register(app)
+    evaluate.register(app, pms)
+    semisup.register(app, pms, parser)
+    report.register(app)
+    for impl in pm.hook.igan_register_commands.get_hookimpls():
+        impl.function(register=lambda name, fn: app.command(name)(fn))
+    return app
+
+
+def _early_disable(argv: list[str]) -> list[str]:
+    """``--disable-plugin`` must act before the app exists (plugins add options to it)."""
+    names = []
+    for i, arg in enumerate(argv):
+        if arg == "--disable-plugin" and i + 1 < len(argv):
+            names.append(argv[i + 1])
+        elif arg.startswith("--disable-plugin="):
+            names.append(arg.split("=", 1)[1])
+    return names
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("IGAN_DEBUG") == "1"
+    from igan.console import error
+
+    code = 0
+    try:
+        app = build_app(PluginManagers(_early_disable(argv)))
+        result = app(args=argv, prog_name="igan", standalone_mode=False)
+        code = result if isinstance(result, int) else 0
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except typer.TyperException as exc:  # click's usage errors (unknown flag, bad value): exit 2
+        if debug:
+            raise
+        message = exc.format_message()
+        if message:  # typer's "no arguments: show help" carries no message
+            error(message, hint=_usage_hint(exc))
+        code = getattr(exc, "exit_code", 2)
+    except IganError as exc:
+        if debug:
+            raise
+        error(exc.message, exc.hint)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        error("interrupted", hint="the last checkpoint was saved; continue with --resume")
+        code = 130
+    except Exception as exc:  # noqa: BLE001 - a bug: say so in one line unless debugging
+        from igan.train import Terminated
+
+        if isinstance(exc, Terminated):
+            error("terminated (SIGTERM)", hint="the last checkpoint was saved; continue with --resume")
+            code = 143
+        else:
+            if debug:
+                raise
+            culprit = _failing_hook(exc)
+            if culprit:
+                module, hook = culprit
+                error(f"plugin {module} failed in {hook}: {type(exc).__name__}: {exc}",
+                      hint="rerun with IGAN_DEBUG=1 for the traceback; report it to the plugin's authors or block "
+                           "the plugin with IGAN_DISABLE_PLUGINS=<name> (names: `igan plugins`)")
+            else:
+                error(f"{type(exc).__name__}: {exc}", hint="this looks like a bug in igan; rerun with IGAN_DEBUG=1 "
+                      "for the traceback and report it")
+            code = 1
+    sys.exit(code)
+
+
+def _failing_hook(exc: BaseException) -> tuple[str, str] | None:
+    """(module, hook) of the innermost hook implementation on the traceback, if a hook raised."""
+    import traceback
+
+    found = None
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        name = frame.f_code.co_name
+        module = frame.f_globals.get("__name__", "?")
+        if name.startswith("igan_") and module != "igan.hookspecs":
+            found = (module, name)
+    return found
+
+
+def _usage_hint(exc: Exception) -> str:
+    ctx = getattr(exc, "ctx", None)
+    path = getattr(ctx, "command_path", None) or "igan"
+    return f"run `{path} --help` for the options"

@@ -1,0 +1,34 @@
+"""``igan plugins``: the installed plugins, their versions, sources and hooks."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+__all__ = ["plugins", "register"]
+
+
+def plugins(as_json: Annotated[bool, typer.Option("--json", help="print JSON on stdout")] = False) -> None:
+    """List plugins: name, version, source, hooks implemented (and broken ones with their error)."""
+    from rich.table import Table
+
+    from igan.console import stderr
+    from igan.plugins import get_plugin_manager, plugin_infos
+
+    rows = plugin_infos(get_plugin_manager())
+    if as_json:
+        print(json.dumps([{"name": r.name, "version": r.version, "source": r.source, "module": r.module,
+                           "hooks": r.hooks, "error": r.error} for r in rows], indent=2))
+        return
+    table = Table("name", "version", "source", "hooks")
+    for r in rows:
+        table.add_row(r.name, r.version, r.source, f"[red]broken: {r.error}[/]" if r.error else ", ".join(
+            h.removeprefix("igan_") for h in r.hooks))
+    stderr.print(table)
+    print("\n".join(r.name for r in rows))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("plugins")(plugins)

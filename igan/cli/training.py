@@ -1,0 +1,141 @@
+"""The options and the command function that ``igan train`` and ``igan semisup`` share.
+
+The core options are typer options in the Training and Model panels; the plugins' options (from
+``igan_addoption``) follow in their own panels. ``make_config`` turns the parsed values into the run's
+``RunConfig``; ``_given_parameters`` records which of them the user typed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+from igan.cli.common import Interrupted
+
+__all__ = ["make_config", "CORE_KEYS", "MODEL_KEYS"]
+
+CORE_PANEL = "Training"
+MODEL_PANEL = "Model"
+
+
+def _core_parameters(command: str) -> list[inspect.Parameter]:
+    """The options every training command has (typer options in the Training and Model panels)."""
+    P = inspect.Parameter
+
+    def opt(name: str, annotation: Any, default: Any, *flags: str, panel: str = CORE_PANEL, **kw: Any) -> P:
+        return P(name, P.KEYWORD_ONLY, default=default,
+                 annotation=Annotated[annotation, typer.Option(*flags, rich_help_panel=panel, **kw)])
+
+    return [
+        opt("dataset", str, "digits", "--dataset", help="digits (embedded), mnist, cifar10, svhn, or a plugin's"),
+        opt("data_dir", Optional[Path], None, "--data-dir", help="folder holding the dataset's files"),
+        opt("download", bool, False, "--download", help="fetch missing dataset files (checksums verified)"),
+        opt("epochs", Optional[int], None, "--epochs", min=1, help="epochs (default: the model's)"),
+        opt("steps", Optional[int], None, "--steps", min=1, help="total steps; overrides --epochs"),
+        opt("batch_size", Optional[int], None, "--batch-size", min=1, help="batch size (default: the model's)"),
+        opt("lr", Optional[float], None, "--lr", min=0.0, help="Adam learning rate (default: the model's)"),
+        opt("lr_decay_from", Optional[int], None, "--lr-decay-from", min=0,
+            help="epoch from which the learning rate falls to 0 at the last epoch, as the reference "
+                 "CIFAR/SVHN scripts (default: the model's, 800 cifar_conv, 600 svhn_conv; 0: constant)"),
+        opt("lr_schedule", str, "linear", "--lr-schedule",
+            help="shape of that decay: linear (the reference scripts') or cosine"),
+        opt("lr_warmup", int, 0, "--lr-warmup", min=0, help="epochs of linear learning-rate warm-up at the start"),
+        opt("seed", int, 0, "--seed", help="random seed (model init, noise, data order)"),
+        opt("seeds", int, 1, "--seeds", min=1,
+            help="train K runs: seeds --seed, --seed + 1, ... (semisup: label splits too), in folders seed<S>"),
+        opt("parallel", bool, False, "--parallel",
+            help="train the --seeds runs at once in one process: one batched step on GPUs, interleaved on CPUs "
+                 "(IGAN_PARALLEL); each equals its single-seed run"),
+        opt("device", str, "auto", "--device", help="auto, cpu, cuda or cuda:N"),
+        opt("fast_path", Optional[bool], None, "--fast-path/--no-fast-path",
+            help="torch.compile G and D, TF32 matmuls (default: on for CUDA; off on CPU, where it measured slower)"),
+        opt("out", Optional[Path], None, "--out", help="run directory (default: runs/<dataset>-<time>)"),
+        opt("resume", Optional[Path], None, "--resume", help="continue from this checkpoint exactly"),
+        opt("as_json", bool, False, "--json", help="print a JSON summary on stdout"),
+        opt("log_every", int, 50, "--log-every", min=1, help="steps between log lines / metric records"),
+        opt("checkpoint_every", Optional[int], None, "--checkpoint-every", min=1,
+            help="steps between checkpoints (default: each epoch)"),
+        opt("g_steps", int, 1, "--g-steps", min=1, help="generator updates per discriminator update"),
+        opt("g_loss", str, "ns", "--g-loss", help="generator loss: ns (non-saturating) or minimax"),
+        opt("adam", str, "reference", "--adam",
+            help="reference: Adam with eps inside the square root, as the paper's code; torch: torch.optim.Adam"),
+        opt("disable_plugin", Optional[list[str]], None, "--disable-plugin", help="block a plugin by name"),
+        opt("model", Optional[str], None, "--model", panel=MODEL_PANEL,
+            help="model pair (default: the dataset's): digits_mlp, mnist_mlp, cifar_conv, svhn_conv"),
+        opt("wn", Optional[bool], None, "--wn/--no-wn", panel=MODEL_PANEL,
+            help="weight normalisation with data-dependent init (default on, as the reference nets)"),
+        opt("noise", Optional[bool], None, "--d-noise/--no-d-noise", panel=MODEL_PANEL,
+            help="Gaussian noise layers in the MLP discriminator (0.3 input, 0.5 hidden)"),
+        opt("dropout", Optional[bool], None, "--dropout/--no-dropout", panel=MODEL_PANEL,
+            help="dropout in the conv discriminator (0.2 input, 0.5 per block)"),
+        opt("g_out_data_init", Optional[bool], None, "--g-out-data-init/--no-g-out-data-init", panel=MODEL_PANEL,
+            help="MLP G's weight-normed output layer gets data-dependent init (reference before 14 June 2016; "
+                 "default off, as today's reference)"),
+    ] + ([opt("recipe", Optional[str], None, "--recipe",
+              help="a named set of defaults: reference (today's reference script, the default) or paper-v1 "
+                   "(the MNIST script when the paper appeared); flags given explicitly still win")]
+         if command == "semisup" else [])
+
+
+CORE_KEYS = {"dataset", "data_dir", "download", "epochs", "steps", "batch_size", "lr", "lr_decay_from", "lr_schedule",
+             "lr_warmup", "seed", "device", "out", "resume", "log_every", "checkpoint_every", "g_steps", "g_loss",
+             "adam", "model", "fast_path", "recipe"}
+MODEL_KEYS = {"wn", "noise", "dropout", "g_out_data_init"}
+
+
+def make_config(command: str, values: dict[str, Any], parser,
+                given: list[str] | None = None) -> "RunConfig":  # noqa: F821
+    """The run's configuration from the parsed values; ``given`` names the ones typed on the command line."""
+    from igan.config import RunConfig
+
+    parser.validate_choices(values)
+    core = {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items() if k in CORE_KEYS}
+    model_kwargs = {k: v for k, v in values.items() if k in MODEL_KEYS and v is not None}
+    options = {k: v for k, v in values.items() if k in parser.options}
+    return RunConfig(command=command, model_kwargs=model_kwargs, options=options, **core,
+                     given=sorted(given or []))
+
+
+def _given_parameters(ctx: typer.Context | None, values: dict[str, Any]) -> list[str]:
+    """The parameters of the running command that the user typed (or set through an environment
+    variable), as opposed to their defaults: the context records each value's source."""
+    if ctx is None:
+        return []
+    sources = {name: ctx.get_parameter_source(name) for name in values}
+    return [name for name, src in sources.items() if src is not None and src.name in ("COMMANDLINE", "ENVIRONMENT")]
+
+
+def _training_command(command: str, pm_factory, parser, doc: str, runner: Callable,
+                      extra: list[inspect.Parameter] = ()) -> Callable:
+    """The typer function of a training command: the core options, the plugins' options for
+    ``command`` and ``extra`` ones (passed to ``runner`` by name), then
+    ``runner(config, pm_factory, seeds=K, parallel=P, **extra)`` and its summary on stdout."""
+    def command_fn(ctx: typer.Context, **values: Any) -> None:
+        as_json = values.pop("as_json")
+        seeds, parallel = values.pop("seeds"), values.pop("parallel")
+        values.pop("disable_plugin", None)  # already applied when the plugin manager was built
+        extras = {p.name: values.pop(p.name) for p in extra}
+        config = make_config(command, values, parser, _given_parameters(ctx, values))
+        try:
+            summary = runner(config, pm_factory, seeds=seeds, parallel=parallel, **extras)
+        except KeyboardInterrupt:  # typer would turn it into a bare exit 130
+            raise Interrupted("interrupted", hint="the last checkpoint was saved; continue with --resume") from None
+        if int(os.environ.get("RANK", "0")) != 0:  # one answer per job: rank 0's
+            return
+        if as_json:
+            print(json.dumps(summary))
+        else:
+            print(summary.get("run_dir", ""))
+
+    context = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
+    params = ([context] + _core_parameters(command) + [o.typer_parameter() for o in parser.for_command(command)]
+              + list(extra))
+    command_fn.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command_fn.__doc__ = doc
+    command_fn.__name__ = command
+    return command_fn
