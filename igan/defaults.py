@@ -60,12 +60,13 @@ def igan_register_models(register):
                       {"batch_size": 50, "lr": 0.003, "epochs": 40},
                       "small MLP pair for the embedded digits"))
     # The paper's CIFAR-10 pair (§2.4: D widths 96/192) and SVHN pair (§2.5: 64/128).
+    # G upsamples 4x4 -> 32x32 in three strided deconvolutions: 32x32 images only (any channel count).
     register(ModelDef("cifar_conv", build_conv, {"widths": (96, 192)},
                       {"batch_size": 100, "lr": 3e-4, "epochs": 1200, "lr_decay_from": 800},
-                      "paper CIFAR-10 conv pair (9-layer WN D with dropout, 4-layer BN G)"))
+                      "paper CIFAR-10 conv pair (9-layer WN D with dropout, 4-layer BN G)", image_sizes=((32, 32),)))
     register(ModelDef("svhn_conv", build_conv, {"widths": (64, 128)},
                       {"batch_size": 100, "lr": 3e-4, "epochs": 900, "lr_decay_from": 600},
-                      "paper SVHN conv pair (D widths 64/128)"))
+                      "paper SVHN conv pair (D widths 64/128)", image_sizes=((32, 32),)))
 
 
 @hookimpl(trylast=True)

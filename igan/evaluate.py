@@ -28,7 +28,8 @@ import torch
 from igan.errors import IganError, UsageError
 
 __all__ = ["Metric", "metric_registry", "read_npz", "read_png_folder", "load_images", "run_evaluate",
-           "checkpoint_test_error", "inception_score_metric", "fid_metric", "DEFAULT_N", "ERROR_METRIC"]
+           "default_metric", "score_images", "checkpoint_test_error", "inception_score_metric", "fid_metric",
+           "DEFAULT_N", "ERROR_METRIC"]
 
 ERROR_METRIC = "error"
 DEFAULT_N = {"is": 50_000, "fid": 50_000, "classifier-score": 10_000}
@@ -311,7 +312,9 @@ def fid_metric(images: torch.Tensor, context: dict[str, Any]) -> dict[str, Any]:
     device = context["device"]
     weights = _resolve_weights(context.get("inception_weights"), bool(context.get("download")))
     model = _load_inception({**context, "inception_weights": weights})
-    ds, _ = load_dataset(context["pm"], name, context.get("data_dir"), bool(context.get("download")))
+    ds = context.get("dataset_obj")  # the loaded dataset, when the caller has it (training)
+    if ds is None or ds.name != name:
+        ds, _ = load_dataset(context["pm"], name, context.get("data_dir"), bool(context.get("download")))
     pool, _ = _inception_pool_logits(model, _rgb(images), device, "samples")
     n_real = min(images.shape[0], ds.x_train.shape[0])
     mu_r, sigma_r, cache = _real_statistics(ds, "train", n_real, weights, model, device)
@@ -384,7 +387,9 @@ def make_context(**values: Any) -> dict[str, Any]:
     ``splits`` (int), ``n`` (number of images), ``device`` (torch.device), ``dataset`` (name or None),
     ``data_dir`` (str or None), ``download`` (bool), ``inception_weights`` (path or None), ``retrain``
     (bool), ``seed`` (int), ``pm`` (the plugin manager), ``input`` (the path scored), ``input_kind``
-    ("checkpoint", "npz", "folder"), ``config`` (the checkpoint's RunConfig or None).
+    ("checkpoint", "npz", "folder"), ``config`` (the checkpoint's RunConfig or None); during training
+    (``--eval-every``) ``input_kind`` is "training", ``config`` the run's and ``dataset_obj`` the run's
+    loaded ``ImageDataset`` (so a metric need not load it again).
     """
     return dict(values)
 
@@ -395,25 +400,72 @@ def _float_or_none(value: Any) -> float | None:
     return float(value)
 
 
-def run_evaluate(input: Path, metric: str = "is", n: int | None = None, splits: int = 10,
+def default_metric(restored=None, dataset: str | None = None) -> str:
+    """The metric ``igan evaluate`` uses without ``--metric``: the one that works for the input offline.
+
+    ``error`` for a checkpoint of ``igan semisup`` (the number its experiment is about), the offline
+    ``classifier-score`` for the digit datasets (digits, mnist: no Inception weights, which say little
+    about 8x8 or 28x28 digits anyway), else the Inception Score ``is``."""
+    from igan.metrics.classifier import RECIPES
+
+    if restored is not None and restored.config.command == "semisup":
+        return ERROR_METRIC
+    if dataset in RECIPES:
+        return "classifier-score"
+    return "is"
+
+
+def _check_metric(metric: str, registry: dict[str, Metric], n: int | None, splits: int) -> bool:
+    """Refuse an unknown metric or an ``n`` too small for the splits; returns whether it uses splits."""
+    if metric != ERROR_METRIC and metric not in registry:
+        raise UsageError(f"unknown metric {metric!r}",
+                         hint=f"choose one of: {', '.join(sorted([*registry, ERROR_METRIC]))}")
+    uses_splits = metric in USES_SPLITS or (metric in registry and metric not in DEFAULT_N)
+    if n is not None and uses_splits and n < splits:
+        raise UsageError(f"--n {n} is smaller than --splits {splits}: every split needs a sample",
+                         hint=f"use --n {splits} or more (the paper uses 50,000 samples in 10 splits)")
+    return uses_splits
+
+
+def score_images(metric: Metric, images: torch.Tensor, context: dict[str, Any]) -> tuple[float, float | None,
+                                                                                           dict[str, Any]]:
+    """``(mean, std, the rest)`` of ``metric`` on uint8 images, with the metric's answer checked."""
+    device = context.get("device") or torch.device("cpu")
+    with torch.autocast(device_type=device.type, enabled=False):
+        out = metric.fn(images, context)
+    if not isinstance(out, dict) or "mean" not in out:
+        raise IganError(f"metric {metric.name!r} returned {type(out).__name__}, not a dict with 'mean'",
+                        hint=f"fix the metric function of plugin {metric.plugin!r}")
+    out = dict(out)
+    try:
+        mean, std = float(out.pop("mean")), _float_or_none(out.pop("std", None))
+    except (TypeError, ValueError) as exc:
+        raise IganError(f"metric {metric.name!r} returned a mean or std that is not a number ({exc})",
+                        hint=f"fix the metric function of plugin {metric.plugin!r}") from exc
+    return mean, std, out
+
+
+def needs_inception(metric: Metric) -> bool:
+    """Whether ``metric`` is a built-in one that runs the Inception network (is, fid)."""
+    return metric.plugin == "core" and metric.name in ("is", "fid")
+
+
+def run_evaluate(input: Path, metric: str | None = None, n: int | None = None, splits: int = 10,
                  dataset: str | None = None, data_dir: Path | str | None = None,
                  inception_weights: Path | str | None = None, download: bool = False, retrain: bool = False,
                  device: str = "auto", seed: int = 0, pm=None) -> dict[str, Any]:
-    """Evaluate ``input`` with ``metric``; returns the JSON-ready result (see docs/metrics.md)."""
+    """Evaluate ``input`` with ``metric`` (None: ``default_metric``); returns the JSON-ready result
+    (see docs/metrics.md)."""
+    from igan.console import info
     from igan.train import resolve_device
 
     input = Path(input)
     pm = pm or _plugin_manager()
     registry = metric_registry(pm)
-    if metric != ERROR_METRIC and metric not in registry:
-        raise UsageError(f"unknown metric {metric!r}",
-                         hint=f"choose one of: {', '.join(sorted([*registry, ERROR_METRIC]))}")
     if splits < 1:
         raise UsageError(f"--splits must be at least 1, got {splits}", hint="the paper's protocol uses 10")
-    uses_splits = metric in USES_SPLITS or (metric in registry and metric not in DEFAULT_N)
-    if n is not None and uses_splits and n < splits:
-        raise UsageError(f"--n {n} is smaller than --splits {splits}: every split needs a sample",
-                         hint=f"use --n {splits} or more (the paper uses 50,000 samples in 10 splits)")
+    if metric is not None:  # a mistake in --metric or --n costs nothing: checked before any loading
+        _check_metric(metric, registry, n, splits)
     kind = input_kind(input)
     dev = resolve_device(device)
     restored = None
@@ -423,15 +475,26 @@ def run_evaluate(input: Path, metric: str = "is", n: int | None = None, splits: 
         restored = restore_models(input, device, pm)
         dataset = dataset or restored.config.dataset
         data_dir = data_dir or restored.config.data_dir
+    if metric is None:
+        metric = default_metric(restored, dataset)
+        what = f"{restored.config.command} checkpoints of {dataset}" if restored is not None else (
+            f"{dataset} images" if dataset else "images of an unknown dataset")
+        info(f"metric: {metric} (the default for {what}; choose another with --metric)")
+    uses_splits = _check_metric(metric, registry, n, splits)
 
     base: dict[str, Any] = {"metric": metric, "input": str(input), "input_kind": kind}
     if metric == ERROR_METRIC:
         if restored is None:
-            raise UsageError(f"--metric error needs a checkpoint of `igan semisup`, not an {kind}",
+            what = {"npz": "an .npz of images", "folder": "a folder of images"}[kind]
+            raise UsageError(f"--metric error needs a checkpoint of `igan semisup`, not {what}",
                              hint="pass checkpoints/last.safetensors of a semi-supervised run")
         result = checkpoint_test_error(restored, str(data_dir) if data_dir else None, download, n, pm)
         return {**base, "mean": result.pop("mean"), "std": None, "n": result.pop("n"), "splits": None, **result}
 
+    if needs_inception(registry[metric]):  # find the weights before generating 50,000 samples for them
+        from igan.metrics.inception import _resolve_weights
+
+        inception_weights = _resolve_weights(inception_weights, download)
     if kind == "checkpoint" and n is None:
         n = DEFAULT_N.get(metric, PLUGIN_DEFAULT_N)
     images = load_images(input, kind, n, restored, seed)
@@ -443,17 +506,7 @@ def run_evaluate(input: Path, metric: str = "is", n: int | None = None, splits: 
                            data_dir=str(data_dir) if data_dir else None, download=download,
                            inception_weights=inception_weights, retrain=retrain, seed=seed, pm=pm,
                            input=str(input), input_kind=kind, config=restored.config if restored else None)
-    with torch.autocast(device_type=dev.type, enabled=False):
-        out = registry[metric].fn(images, context)
-    if not isinstance(out, dict) or "mean" not in out:
-        raise IganError(f"metric {metric!r} returned {type(out).__name__}, not a dict with 'mean'",
-                        hint=f"fix the metric function of plugin {registry[metric].plugin!r}")
-    out = dict(out)
-    try:
-        mean, std = float(out.pop("mean")), _float_or_none(out.pop("std", None))
-    except (TypeError, ValueError) as exc:
-        raise IganError(f"metric {metric!r} returned a mean or std that is not a number ({exc})",
-                        hint=f"fix the metric function of plugin {registry[metric].plugin!r}") from exc
+    mean, std, out = score_images(registry[metric], images, context)
     result = {**base, "mean": mean, "std": std, "n": n_images, "splits": splits if uses_splits else None,
               "dataset": dataset}
     if kind == "checkpoint":

@@ -255,6 +255,12 @@ def build_run(config: RunConfig, pm: pluggy.PluginManager, run_dir: Path | None 
     from igan.recipes import apply_recipe
 
     apply_recipe(config, model_def)  # a recipe's defaults come before the model's own
+    if not model_def.accepts(dataset.image_shape):
+        h, w = dataset.image_shape[-2:]
+        fits = sorted(name for name, d in models_by_name.items() if d.accepts(dataset.image_shape))
+        raise UsageError(f"model {config.model} takes {model_def.sizes_text()} images, but {dataset.name} has "
+                         f"{h}x{w} images", hint=f"models that fit {h}x{w}: {', '.join(fits) or 'none installed'} "
+                         f"(without --model, {dataset.name} trains {spec.default_model})")
     apply_model_defaults(config, model_def)
     if config.batch_size % dist.world:
         raise UsageError(f"--batch-size {config.batch_size} does not split evenly over {dist.world} processes",

@@ -152,6 +152,49 @@ def test_classifier_score_errors(tmp_path, run_cli):
 
 
 # --------------------------------------------------------------------------------------------------
+# Without --metric: the metric that works for the input, offline
+
+
+def test_default_metric_of_a_digits_checkpoint_is_the_offline_classifier_score(digits_ckpt, run_cli):
+    code, out, err = run_cli(["evaluate", digits_ckpt, "--device", "cpu", "--json"])
+    res = _json(code, out, err)
+    assert res["metric"] == "classifier-score" and res["n"] == 10_000  # its own sample count, not IS's 50,000
+    assert "generating 10000 samples" in err and "50000" not in err
+    assert "metric: classifier-score" in err  # says which metric it chose, and how to choose another
+    assert "--metric" in err
+    explicit = _json(*run_cli(["evaluate", digits_ckpt, "--metric", "classifier-score", "--device", "cpu", "--json"]))
+    assert explicit["mean"] == res["mean"] and explicit["fd"] == res["fd"]
+
+
+def test_default_metric_of_a_semisup_checkpoint_is_its_test_error(tmp_path, run_cli):
+    code, out, err = run_cli(["semisup", "--steps", "2", *TINY, "--no-baseline", "--out", tmp_path / "ss"])
+    assert code == 0, err
+    res = _json(*run_cli(["evaluate", tmp_path / "ss" / "checkpoints" / "last.safetensors", "--device", "cpu",
+                          "--json"]))
+    assert res["metric"] == "error" and res["n"] == 297 and "test_errors" in res
+
+
+def test_default_metric_of_files_follows_the_dataset(tmp_path, run_cli):
+    from igan.evaluate import default_metric
+
+    images = _write_npz(tmp_path / "x.npz", _digits_uint8("test")[:20])
+    res = _json(*run_cli(["evaluate", images, "--dataset", "digits", "--splits", "2", "--json"]))
+    assert res["metric"] == "classifier-score"
+    assert default_metric(None, "mnist") == "classifier-score"
+    assert default_metric(None, "cifar10") == default_metric(None, None) == "is"
+    # an image file of an unknown dataset: the Inception Score, whose missing weights are reported
+    code, out, err = run_cli(["evaluate", images, "--splits", "2"])
+    assert_clean_error(code, out, err, 1, "Inception weights", "--inception-weights")
+
+
+def test_missing_inception_weights_are_found_before_any_sample_is_generated(digits_ckpt, run_cli):
+    code, out, err = run_cli(["evaluate", digits_ckpt, "--metric", "is", "--device", "cpu"])
+    assert_clean_error(code, out, err, 1, "Inception weights", "--inception-weights PATH")
+    assert "generating" not in err  # not 50,000 samples first
+    assert "the path argument" not in err
+
+
+# --------------------------------------------------------------------------------------------------
 # The semi-supervised test error
 
 
@@ -187,7 +230,9 @@ def test_error_of_semisup_checkpoint_uses_the_ema(tmp_path, run_cli, digits_ckpt
     # and files have no discriminator at all
     images = _write_npz(tmp_path / "x.npz", torch.zeros(4, 1, 8, 8, dtype=torch.uint8))
     code, out, err = run_cli(["evaluate", images, "--metric", "error"])
-    assert_clean_error(code, out, err, 2, "checkpoint")
+    assert_clean_error(code, out, err, 2, "checkpoint", "not an .npz of images")
+    code, out, err = run_cli(["evaluate", tmp_path, "--metric", "error"])
+    assert_clean_error(code, out, err, 2, "not a folder of images")
 
 
 # --------------------------------------------------------------------------------------------------

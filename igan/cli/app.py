@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Annotated
 
 import typer
+from typer.core import TyperCommand
 
 from igan import __version__
-from igan.cli.common import PluginManagers
-from igan.errors import IganError
+from igan.cli.common import Command, Group, PluginManagers
+from igan.errors import IganError, UsageError
 
 __all__ = ["main", "build_app"]
 
@@ -30,18 +32,34 @@ def build_app(pms: PluginManagers | None = None) -> typer.Typer:
     pms = pms or PluginManagers([])
     pm = pms.new()
     parser = collect_options(pm)
-    app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
-                      help=f"igan {__version__}: Improved Techniques for Training GANs, as plugins.",
+    about = f"igan {__version__}: Improved Techniques for Training GANs, as plugins."
+    app = typer.Typer(cls=Group, add_completion=False, no_args_is_help=True, rich_markup_mode="rich", help=about,
                       context_settings={"help_option_names": ["-h", "--help"]})
+
+    @app.callback(help=about)
+    def igan(version: Annotated[bool, typer.Option(
+            "--version", "-V", is_eager=True, callback=_print_version,
+            help="print igan's version and exit")] = False) -> None:
+        """The group itself does nothing: each command does the work."""
+
     train.register(app, pms, parser)
-    sample.register(app)
-    plugins.register(app)
-    evaluate.register(app, pms)
     semisup.register(app, pms, parser)
+    sample.register(app)
+    evaluate.register(app, pms)
     report.register(app)
+    plugins.register(app)
     for impl in pm.hook.igan_register_commands.get_hookimpls():
         impl.function(register=lambda name, fn: app.command(name)(fn))
+    for info in app.registered_commands:  # every command, plugins' too, renders its help the same way
+        if info.cls in (None, TyperCommand):
+            info.cls = Command
     return app
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"igan {__version__}")
+        raise typer.Exit()
 
 
 def _early_disable(argv: list[str]) -> list[str]:
@@ -56,13 +74,14 @@ def _early_disable(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv) or ["--help"]  # bare `igan`: the help, exit 0
     debug = os.environ.get("IGAN_DEBUG") == "1"
     from igan.console import error
 
     code = 0
+    disabled = _early_disable(argv)
     try:
-        app = build_app(PluginManagers(_early_disable(argv)))
+        app = build_app(PluginManagers(disabled))
         result = app(args=argv, prog_name="igan", standalone_mode=False)
         code = result if isinstance(result, int) else 0
     except typer.Exit as exc:
@@ -70,9 +89,12 @@ def main(argv: list[str] | None = None) -> None:
     except typer.TyperException as exc:  # click's usage errors (unknown flag, bad value): exit 2
         if debug:
             raise
-        message = exc.format_message()
-        if message:  # typer's "no arguments: show help" carries no message
-            error(message, hint=_usage_hint(exc))
+        blocked = _option_of_a_disabled_plugin(exc, disabled)
+        if blocked is not None:
+            error(blocked.message, blocked.hint)
+        elif exc.format_message():  # typer's "no arguments: show help" carries no message
+            # typer's value checks go through pydantic, which puts "Value error, " before their text
+            error(exc.format_message().replace("Value error, ", ""), hint=_usage_hint(exc))
         code = getattr(exc, "exit_code", 2)
     except IganError as exc:
         if debug:
@@ -115,6 +137,48 @@ def _failing_hook(exc: BaseException) -> tuple[str, str] | None:
         if name.startswith("igan_") and module != "igan.hookspecs":
             found = (module, name)
     return found
+
+
+def _option_of_a_disabled_plugin(exc: Exception, disable: list[str]) -> UsageError | None:
+    """For ``No such option: --fm`` while plugins are disabled (``--disable-plugin``,
+    ``IGAN_DISABLE_PLUGINS``): an error that says so. igan's own plugins are looked up to name the one
+    that declares the option; third-party ones are not imported (disabling a plugin keeps its code from
+    running), so the hint names them all."""
+    option = getattr(exc, "option_name", None)
+    if not option:
+        return None
+    from igan.options import OptionParser
+    from igan.plugins import _blocked_names, _entry_points
+
+    blocked = _blocked_names(disable)
+
+    def how(name: str) -> str:
+        return f"--disable-plugin {name}" if name in disable else "IGAN_DISABLE_PLUGINS"
+
+    others = []
+    for ep in _entry_points():
+        if ep.name not in blocked:
+            continue
+        if ep.dist is None or ep.dist.name != "igan":
+            others.append(ep.name)
+            continue
+        try:
+            addoption = getattr(ep.load(), "igan_addoption", None)
+            parser = OptionParser()
+            if addoption is not None:
+                addoption(parser=parser)
+        except Exception:  # noqa: BLE001 - cannot tell: the plain usage error stands
+            continue
+        for spec in parser.options.values():
+            if option in (flag.strip() for flag in spec.cli_flag.split("/")):
+                return UsageError(f"{option} is an option of plugin {ep.name}, which is disabled ({how(ep.name)})",
+                                  hint=f"drop {option}, or stop disabling {ep.name}")
+    if others:
+        return UsageError(f"No such option: {option}",
+                          hint=f"plugin{'s' if len(others) > 1 else ''} {', '.join(others)} "
+                               f"{'are' if len(others) > 1 else 'is'} disabled ({', '.join(map(how, others))}); "
+                               f"if {option} is one of theirs, stop disabling it")
+    return None
 
 
 def _usage_hint(exc: Exception) -> str:

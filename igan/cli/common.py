@@ -1,13 +1,16 @@
-"""What every command module shares: the plugin-manager factory and the Ctrl-C error.
+"""What every command module shares: the plugin-manager factory, the Ctrl-C error and the command
+classes that render help.
 
 Imports no command module (nothing in ``igan.cli`` below the app does).
 """
 
 from __future__ import annotations
 
+from typer.core import TyperArgument, TyperCommand, TyperGroup
+
 from igan.errors import IganError
 
-__all__ = ["PluginManagers", "Interrupted"]
+__all__ = ["PluginManagers", "Interrupted", "Command", "Group"]
 
 
 class Interrupted(IganError):
@@ -26,3 +29,46 @@ class PluginManagers:
         from igan.plugins import get_plugin_manager
 
         return get_plugin_manager(disable=self.disable)
+
+
+def _flags_take_no_value(params) -> None:
+    """A flag (``--json``, ``-h``) takes no value, so its help row shows none: typer would print
+    ``<bool>``, as if ``--json true`` were expected."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+
+
+def _usage_name(param) -> str:
+    """An argument in the usage line as CLIs write it: ``CHECKPOINT``, ``[CHECKPOINT]`` when optional,
+    ``RUN_DIR...`` for several (typer would write ``{checkpoint}``)."""
+    name = param.metavar or param.name.upper()
+    if param.nargs != 1 and not name.endswith("..."):
+        name += "..."
+    return name if param.required else f"[{name}]"
+
+
+class Command(TyperCommand):
+    """Every igan command (plugins' too): typer's, with flags shown without a value and arguments
+    named in capitals in the usage line."""
+
+    def format_help(self, ctx, formatter) -> None:
+        _flags_take_no_value(self.get_params(ctx))
+        super().format_help(ctx, formatter)
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                pieces.append(_usage_name(param))
+            else:
+                pieces.extend(param.get_usage_pieces(ctx))
+        return pieces
+
+
+class Group(TyperGroup):
+    """The ``igan`` group: typer's, with flags shown without a value."""
+
+    def format_help(self, ctx, formatter) -> None:
+        _flags_take_no_value(self.get_params(ctx))
+        super().format_help(ctx, formatter)

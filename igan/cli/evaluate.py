@@ -116,9 +116,12 @@ def register(app: typer.Typer, pms) -> None:
 
     def evaluate(
         input: Annotated[Path, typer.Argument(
-            help="a checkpoint (.safetensors), an .npz with uint8 NHWC `images`, or a folder of PNGs",
+            metavar="INPUT", help="a checkpoint (.safetensors), an .npz with uint8 NHWC `images`, or a folder of PNGs",
             show_default=False)],
-        metric: Annotated[str, typer.Option("--metric", help=f"one of: {names}")] = "is",
+        metric: Annotated[Optional[str], typer.Option(
+            "--metric", metavar="NAME",
+            help=f"one of: {names} (default: error for semisup checkpoints, classifier-score for digits and "
+                 "mnist, else is)")] = None,
         n: Annotated[Optional[int], typer.Option(
             "-n", "--n", min=1, help="number of images (default: 50,000 for is/fid, 10,000 for classifier-score "
                                      "from a checkpoint; every image of a file)")] = None,
@@ -148,7 +151,5 @@ def register(app: typer.Typer, pms) -> None:
         else:
             print(result["mean"])
 
-    app.command("evaluate", epilog=epilog,
-                help="Score samples: Inception Score, FID, the offline classifier score, or a "
-                     "semi-supervised test error. Example: igan evaluate runs/x/checkpoints/last.safetensors "
-                     "--metric classifier-score")(evaluate)
+    app.command("evaluate", epilog=epilog + "\n\nExample: igan evaluate runs/x/checkpoints/last.safetensors "
+                "--metric classifier-score")(evaluate)

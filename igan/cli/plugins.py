@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Annotated
 
 import typer
@@ -11,7 +12,10 @@ __all__ = ["plugins", "register"]
 
 
 def plugins(as_json: Annotated[bool, typer.Option("--json", help="print JSON on stdout")] = False) -> None:
-    """List plugins: name, version, source, hooks implemented (and broken ones with their error)."""
+    """List plugins: name, version, source, hooks implemented (and broken ones with their error).
+
+    The table goes to stderr; stdout gets the names, one per line, when it is not a terminal.
+    """
     from rich.table import Table
 
     from igan.console import stderr
@@ -27,7 +31,15 @@ def plugins(as_json: Annotated[bool, typer.Option("--json", help="print JSON on 
         table.add_row(r.name, r.version, r.source, f"[red]broken: {r.error}[/]" if r.error else ", ".join(
             h.removeprefix("igan_") for h in r.hooks))
     stderr.print(table)
-    print("\n".join(r.name for r in rows))
+    if not _is_terminal(sys.stdout):  # the names are for a pipe; a terminal has just shown them in the table
+        print("\n".join(r.name for r in rows))
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
 
 
 def register(app: typer.Typer) -> None:

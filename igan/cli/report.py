@@ -14,6 +14,7 @@ __all__ = ["report", "register"]
 
 def report(
     run_dirs: Annotated[list[Path], typer.Argument(
+        metavar="RUN_DIR...",
         help="run directories (igan train or semisup output; a semisup --seeds base directory brings "
              "its seeds)",
         show_default=False)],
@@ -25,8 +26,10 @@ def report(
         "--samples", min=2, help="sample grids per run, spread over the epochs (all of them when fewer)")]
         = MAX_SAMPLES,
 ) -> None:
-    """Write one self-contained HTML page (plots and images embedded) about one or more runs; several
-    runs overlay their curves. Prints the file's path."""
+    """Write one self-contained HTML page about one or more runs (plots and images embedded).
+
+    Several runs overlay their curves. Prints the file's path.
+    """
     print(write_report(run_dirs, out, samples))
 
 

@@ -1,4 +1,9 @@
-"""``igan sample``: write samples from a checkpoint (a PNG grid, an .npz, or a folder of PNGs)."""
+"""``igan sample``: write samples from a checkpoint: one grid image, an .npz, or a folder of PNGs.
+
+``-o`` says what to write: a file named ``.png``, ``.jpg``/``.jpeg`` or ``.webp`` is one grid image in
+that format, ``.npz`` a uint8 NHWC array, and a folder (a path ending in ``/``, an existing folder, or a
+name without a suffix) one PNG per sample. Any other suffix is refused rather than guessed.
+"""
 
 from __future__ import annotations
 
@@ -10,33 +15,66 @@ import typer
 
 from igan.errors import UsageError
 
-__all__ = ["sample", "register"]
+__all__ = ["sample", "output_kind", "register"]
+
+MAX_GRID = 4096
+
+
+def output_kind(out: str) -> str:
+    """``"grid"``, ``"npz"`` or ``"folder"`` for the ``-o`` value as typed (a trailing slash counts)."""
+    from igan.images import GRID_SUFFIXES, grid_formats
+
+    path = Path(out)
+    if out.endswith(("/", "\\")) or path.is_dir():
+        return "folder"
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        return "npz"
+    if suffix in grid_formats():
+        return "grid"
+    if suffix in GRID_SUFFIXES:  # WebP without libwebp
+        raise UsageError(f"cannot write {out}: this Pillow has no {GRID_SUFFIXES[suffix]} support",
+                         hint="use .png or .jpg, or install Pillow with libwebp")
+    if suffix:
+        kinds = ", ".join(grid_formats())
+        raise UsageError(f"cannot write {out}: igan sample writes a grid image ({kinds}), an array (.npz) "
+                         f"or a folder of PNGs, not {suffix}",
+                         hint=f"name the file with one of {kinds} or .npz, or write {out}/ (a trailing slash) "
+                              "for a folder of PNGs")
+    return "folder"
 
 
 def sample(
-    checkpoint: Annotated[Path, typer.Argument(help="a .safetensors checkpoint written by igan")],
+    checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="a .safetensors checkpoint written by igan",
+                                               show_default=False)],
     n: Annotated[int, typer.Option("-n", "--n", min=1, help="number of images")] = 64,
-    out: Annotated[Path, typer.Option("-o", "--out", help="grid.png, images.npz, or a folder for PNGs")] = Path(
-        "samples.png"),
+    out: Annotated[str, typer.Option(
+        "-o", "--out", metavar="PATH",
+        help="grid.png / .jpg / .webp: one grid image; x.npz: a uint8 NHWC array; DIR/: a folder of PNGs")
+    ] = "samples.png",
     seed: Annotated[int, typer.Option("--seed", help="noise seed")] = 0,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda")] = "auto",
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N")] = "auto",
 ) -> None:
-    """Write samples from a checkpoint: a PNG grid, an .npz of uint8 NHWC images, or a folder of PNGs."""
+    """Write samples from a checkpoint: one grid image (PNG, JPEG, WebP), an .npz, or a folder of PNGs."""
     from igan.images import save_images
     from igan.restore import restore_models
 
+    kind = output_kind(out)  # before any work: a bad -o costs nothing
+    if kind == "grid" and n > MAX_GRID:
+        raise UsageError(f"a grid of {n} images is too large (at most {MAX_GRID})",
+                         hint="write an .npz or a folder (DIR/) for many samples")
+    path = Path(out)
     restored = restore_models(checkpoint, device)
-    if out.suffix.lower() == ".png" and n > 4096:
-        raise UsageError(f"a grid of {n} images is too large", hint="write an .npz or a folder for many samples")
-    if out.suffix.lower() in (".png", ".npz"):
-        save_images(torch.cat(list(restored.generate(n, seed))), out)
+    if kind in ("grid", "npz"):
+        save_images(torch.cat(list(restored.generate(n, seed))), path, kind=kind)
     else:
         written = 0
         for chunk in restored.generate(n, seed):
-            save_images(chunk, out, start=written)
+            save_images(chunk, path, start=written, kind="folder")
             written += chunk.shape[0]
-    print(out)
+    print(path)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("sample")(sample)
+    app.command("sample", epilog="Examples: igan sample CKPT -o grid.jpg  ·  igan sample CKPT -n 50000 -o x.npz  ·  "
+                "igan sample CKPT -n 100 -o imgs/")(sample)

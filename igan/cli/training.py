@@ -11,11 +11,13 @@ import inspect
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Callable, Literal, Optional
 
 import typer
 
 from igan.cli.common import Interrupted
+from igan.recipes import RECIPES
+from igan.schedules import SCHEDULES
 
 __all__ = ["make_config", "CORE_KEYS", "MODEL_KEYS"]
 
@@ -42,12 +44,14 @@ def _core_parameters(command: str) -> list[inspect.Parameter]:
         opt("lr_decay_from", Optional[int], None, "--lr-decay-from", min=0,
             help="epoch from which the learning rate falls to 0 at the last epoch, as the reference "
                  "CIFAR/SVHN scripts (default: the model's, 800 cifar_conv, 600 svhn_conv; 0: constant)"),
-        opt("lr_schedule", str, "linear", "--lr-schedule",
+        opt("lr_schedule", Literal[SCHEDULES], "linear", "--lr-schedule",
             help="shape of that decay: linear (the reference scripts') or cosine"),
         opt("lr_warmup", int, 0, "--lr-warmup", min=0, help="epochs of linear learning-rate warm-up at the start"),
         opt("seed", int, 0, "--seed", help="random seed (model init, noise, data order)"),
         opt("seeds", int, 1, "--seeds", min=1,
-            help="train K runs: seeds --seed, --seed + 1, ... (semisup: label splits too), in folders seed<S>"),
+            help="train K runs: seeds --seed, --seed + 1, ..." + (
+                " and labelled splits --label-seed, --label-seed + 1, ..." if command == "semisup" else "")
+            + ", in folders seed<S>"),
         opt("parallel", bool, False, "--parallel",
             help="train the --seeds runs at once in one process: one batched step on GPUs, interleaved on CPUs "
                  "(IGAN_PARALLEL); each equals its single-seed run"),
@@ -61,10 +65,12 @@ def _core_parameters(command: str) -> list[inspect.Parameter]:
         opt("checkpoint_every", Optional[int], None, "--checkpoint-every", min=1,
             help="steps between checkpoints (default: each epoch)"),
         opt("g_steps", int, 1, "--g-steps", min=1, help="generator updates per discriminator update"),
-        opt("g_loss", str, "ns", "--g-loss", help="generator loss: ns (non-saturating) or minimax"),
-        opt("adam", str, "reference", "--adam",
+        opt("g_loss", Literal["ns", "minimax"], "ns", "--g-loss",
+            help="generator loss: ns (non-saturating, -log D(G(z))) or minimax (log(1 - D(G(z))))"),
+        opt("adam", Literal["reference", "torch"], "reference", "--adam",
             help="reference: Adam with eps inside the square root, as the paper's code; torch: torch.optim.Adam"),
-        opt("disable_plugin", Optional[list[str]], None, "--disable-plugin", help="block a plugin by name"),
+        opt("disable_plugin", Optional[list[str]], None, "--disable-plugin", metavar="NAME",
+            help="block a plugin by name (repeatable; names: igan plugins)"),
         opt("model", Optional[str], None, "--model", panel=MODEL_PANEL,
             help="model pair (default: the dataset's): digits_mlp, mnist_mlp, cifar_conv, svhn_conv"),
         opt("wn", Optional[bool], None, "--wn/--no-wn", panel=MODEL_PANEL,
@@ -76,7 +82,7 @@ def _core_parameters(command: str) -> list[inspect.Parameter]:
         opt("g_out_data_init", Optional[bool], None, "--g-out-data-init/--no-g-out-data-init", panel=MODEL_PANEL,
             help="MLP G's weight-normed output layer gets data-dependent init (reference before 14 June 2016; "
                  "default off, as today's reference)"),
-    ] + ([opt("recipe", Optional[str], None, "--recipe",
+    ] + ([opt("recipe", Optional[Literal[tuple(RECIPES)]], None, "--recipe",
               help="a named set of defaults: reference (today's reference script, the default) or paper-v1 "
                    "(the MNIST script when the paper appeared); flags given explicitly still win")]
          if command == "semisup" else [])
@@ -133,7 +139,7 @@ def _training_command(command: str, pm_factory, parser, doc: str, runner: Callab
             print(summary.get("run_dir", ""))
 
     context = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
-    params = ([context] + _core_parameters(command) + [o.typer_parameter() for o in parser.for_command(command)]
+    params = ([context] + _core_parameters(command) + [o.typer_parameter(command) for o in parser.for_command(command)]
               + list(extra))
     command_fn.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command_fn.__doc__ = doc
