@@ -580,12 +580,13 @@ class OneRun:
         save_run(self.runs[i])
 
 
-def fit(run: Run, resume: Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train to ``run.total_steps``; returns a summary. Writes checkpoints, samples and metrics."""
-    return fit_runs(OneRun(run), [resume], progress)[0]
+def fit(run: Run, resume: Path | None = None, progress: bool = True, label: str = "") -> dict[str, Any]:
+    """Train to ``run.total_steps``; returns a summary. Writes checkpoints, samples and metrics.
+    ``label`` is added to the phase the progress line shows (e.g. ``seed 3 (2/5)``)."""
+    return fit_runs(OneRun(run), [resume], progress, label)[0]
 
 
-def fit_runs(trainer: Any, resumes: list[Path | None], progress: bool = True) -> list[dict[str, Any]]:
+def fit_runs(trainer: Any, resumes: list[Path | None], progress: bool = True, label: str = "") -> list[dict[str, Any]]:
     """The loop, for one run or K runs stepped together (``--parallel``): each run keeps its own
     checkpoints, samples, metrics and plugin state; the hooks fire per run, with that run's RNG."""
     from igan.console import TrainProgress
@@ -635,7 +636,8 @@ def fit_runs(trainer: Any, resumes: list[Path | None], progress: bool = True) ->
     previous = ({sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
                 if _main_thread() else {})
     try:
-        with TrainProgress(total, first.step, enabled=progress and main) as bar:
+        with TrainProgress(total, first.step, _phase(runs, label), enabled=progress and main,
+                           steps_per_epoch=spe) as bar:
             while first.step < total:
                 if stop:
                     raise stop[0]()
@@ -666,16 +668,18 @@ def fit_runs(trainer: Any, resumes: list[Path | None], progress: bool = True) ->
                         metrics[i].write({"step": step, "epoch": step / spe, **last_values[i]})
                         run.pm.hook.igan_log(run=run, step=step, values=last_values[i])
                     acc, n_acc = [{} for _ in runs], 0
-                    shown = {**_mean_over_runs(last_values), **_mean_over_runs([run.last_metrics for run in runs])}
-                    bar.update(step, {k.split("/")[-1] if k.count("/") == 1 else k: v for k, v in shown.items()})
+                    bar.update(step, _shown(_mean_over_runs([run.last_metrics for run in runs]),
+                                            _mean_over_runs(last_values)))
                 if end_of_epoch:
                     epoch = math.ceil(step / spe)
+                    any_found = False
                     for i, run in enumerate(runs):
                         with trainer.active(i):
                             found: dict[str, float] = {}
                             for result in run.pm.hook.igan_epoch_end(run=run, epoch=epoch):
                                 found.update(result or {})
                             if found:
+                                any_found = True
                                 run.last_metrics = found
                                 metrics[i].write({"step": step, "epoch": step / spe, **found})
                                 run.pm.hook.igan_log(run=run, step=step, values=found)
@@ -683,6 +687,9 @@ def fit_runs(trainer: Any, resumes: list[Path | None], progress: bool = True) ->
                                 images = run.generate(run.fixed_z.shape[0], run.fixed_z)
                                 save_png(make_grid(images), run.run_dir / "samples" / f"epoch_{epoch:04d}.png",
                                          upscale=4 if max(images.shape[-2:]) < 64 else 1)
+                    if any_found:  # the epoch's metrics on the progress line (and a plain line with them)
+                        bar.update(step, _shown(_mean_over_runs([run.last_metrics for run in runs]),
+                                                _mean_over_runs(last_values)))
                     save_all()
                 elif first.config.checkpoint_every and step % first.config.checkpoint_every == 0:
                     save_all()
@@ -734,9 +741,37 @@ def _finished_results(run: Run) -> tuple[dict[str, float], dict[str, float]]:
         return {}, {}
 
 
+def _phase(runs: list[Run], label: str = "") -> str:
+    """What the progress line says is being trained: ``train``, ``semi-supervised`` or
+    ``supervised-only baseline``, with the seeds of a ``--parallel`` run or the caller's label."""
+    config = runs[0].config
+    if config.command == "semisup":
+        phase = "supervised-only baseline" if config.opt("supervised_only") else "semi-supervised"
+    else:
+        phase = config.command
+    if len(runs) > 1:
+        phase += f" seeds {runs[0].config.seed}-{runs[-1].config.seed}"
+    return f"{phase} {label}" if label else phase
+
+
+def _shown(metrics: dict[str, float], losses: dict[str, float]) -> dict[str, float]:
+    """The values of the progress line in the order they give way to a narrow terminal: the epoch
+    metrics (the numbers a run is judged by), D's and G's losses, then the technique terms; keys
+    shortened (``loss/D`` -> ``D``, ``loss/D/supervised`` -> ``D/supervised``)."""
+    def short(key: str) -> str:
+        return key.removeprefix("loss/")
+
+    main = {short(k): losses[k] for k in ("loss/D", "loss/G") if k in losses}
+    rest = {short(k): v for k, v in losses.items() if k not in ("loss/D", "loss/G")}
+    # the log has every value; the line leaves out the test error's count and size (test_error says it)
+    # and the metrics' spreads
+    shown = {k: v for k, v in metrics.items() if k not in ("test_errors", "test_size") and not k.endswith("_std")}
+    return {**shown, **main, **rest}
+
+
 def _mean_over_runs(values: list[dict[str, float]]) -> dict[str, float]:
     """What the progress bar shows: a run's own values for one run, each key's mean over the runs for K."""
-    keys = sorted({key for d in values for key in d})
+    keys = list(dict.fromkeys(key for d in values for key in d))  # in the order the hooks logged them
     return {key: statistics.fmean(d[key] for d in values if key in d) for key in keys}
 
 

@@ -215,9 +215,9 @@ def test_plain_progress_has_no_control_characters(tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "\x1b" not in err and "\r" not in err, repr(err[:300])
-    lines = [line for line in err.splitlines() if line.startswith("step ")]
+    lines = [line for line in err.splitlines() if line.startswith("train ")]
     assert len(lines) == 2, err
-    assert lines[-1].startswith("step 2/2 ") and " it/s eta " in lines[-1] and " D=" in lines[-1]
+    assert lines[-1].startswith("train epoch 1/1 step 2/2 ") and " it/s eta " in lines[-1] and " D=" in lines[-1]
 
 
 def test_report_of_train_seeds_base_directory(run_cli, mpl, tmp_path):

@@ -28,8 +28,8 @@ def _run_dir(config) -> Path:
     return path
 
 
-def train_once(config, pm) -> dict[str, Any]:
-    """Build, train and checkpoint one run; returns its summary."""
+def train_once(config, pm, label: str = "") -> dict[str, Any]:
+    """Build, train and checkpoint one run; returns its summary (``label``: shown in its progress line)."""
     from igan.distributed import setup
     from igan.train import build_run, fit
 
@@ -45,7 +45,7 @@ def train_once(config, pm) -> dict[str, Any]:
         raise UsageError(f"{run_dir} already holds a run", hint=f"use --resume {run_dir}/checkpoints/last.safetensors "
                          "to continue it, or another --out")
     run = build_run(config, pm, run_dir)
-    return fit(run, resume=Path(config.resume) if config.resume else None)
+    return fit(run, resume=Path(config.resume) if config.resume else None, label=label)
 
 
 def seeds_base(config, seeds: int) -> Path:
@@ -85,7 +85,9 @@ def train_configs(configs: list, pms, parallel: bool = False) -> list[dict[str, 
     """Train each configuration: one after another, or all at once with ``parallel``."""
     if parallel and len(configs) > 1:
         return train_parallel(configs, pms)
-    return [train_once(cfg, pms.new()) for cfg in configs]
+    k = len(configs)
+    return [train_once(cfg, pms.new(), f"seed {cfg.seed} ({i + 1}/{k})" if k > 1 else "")
+            for i, cfg in enumerate(configs)]
 
 
 def train_parallel(configs: list, pms) -> list[dict[str, Any]]:
