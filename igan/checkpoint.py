@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from igan.errors import IganError
 
-__all__ = ["FORMAT_VERSION", "save_checkpoint", "load_checkpoint", "flatten_optimizer",
+__all__ = ["FORMAT_VERSION", "save_checkpoint", "copy_checkpoint", "load_checkpoint", "flatten_optimizer",
            "unflatten_optimizer", "prefixed"]
 
 FORMAT_VERSION = 1
@@ -77,8 +77,33 @@ def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], metadata: dict
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
+    _fsync_folder(path.parent)
+
+
+def copy_checkpoint(src: str | Path, dst: str | Path) -> None:
+    """Copy a checkpoint file the way ``save_checkpoint`` writes one: temp file, fsync, rename, so
+    ``dst`` is always either the previous copy or the complete new one."""
+    import shutil
+
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_folder(dst.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (where the OS allows it)."""
+    try:
+        dfd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(dfd)
         finally:

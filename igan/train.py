@@ -470,6 +470,7 @@ def save_run(run: Run, path: Path | None = None) -> Path:
         raise IganError(f"could not write checkpoint {path}: {exc.strerror or exc}",
                         hint="free disk space or make the run directory writable; the previous checkpoint "
                              "is intact") from exc
+    run.pm.hook.igan_after_checkpoint(run=run, path=path)
     run.dist.barrier()
     return path
 

@@ -117,6 +117,33 @@ def test_classifier_score_checkpoint_npz_and_folder_agree(digits_ckpt, tmp_path,
     assert retrained["mean"] == pytest.approx(res["mean"], rel=1e-9)
 
 
+def test_classifier_score_computes_the_real_reference_once(tmp_path, monkeypatch):
+    """--eval-every scores a run many times: the real images' features are computed at the first call only,
+    and the numbers are those of a fresh computation."""
+    import igan.metrics.classifier as clf_mod
+    from igan.datasets.digits import load_digits
+
+    ds = load_digits()
+    clf = clf_mod.load_classifier(ds)
+    train, test = _digits_uint8("train"), _digits_uint8("test")
+    samples = test.flip(0)[:100]
+    monkeypatch.setattr(clf_mod, "_REFERENCES", {})
+    seen = []
+    real = clf_mod.classifier_outputs
+    monkeypatch.setattr(clf_mod, "classifier_outputs", lambda m, x, **kw: (seen.append(x.shape[0]), real(m, x, **kw))[1])
+    first = clf_mod.classifier_score(clf, samples, train, test, 5)
+    assert seen == [100, 297, 1500]
+    second = clf_mod.classifier_score(clf, samples, train, test, 5)
+    assert seen == [100, 297, 1500, 100]  # the samples only
+    assert second == first
+    # what the uncached formula gives
+    feats, _ = real(clf.model, samples)
+    test_feats, _ = real(clf.model, test)
+    assert first["fd"] == clf_mod._fd(feats, test_feats)
+    monkeypatch.setattr(clf_mod, "_REFERENCES", {})
+    assert clf_mod.classifier_score(clf, samples, train, test, 5) == first
+
+
 def test_classifier_score_of_real_and_constant_images(tmp_path, run_cli):
     # Real test digits: confident and balanced predictions, a score near the class count (10), and a
     # Fréchet distance of zero to the test set (they are the test set).
