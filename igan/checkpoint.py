@@ -39,9 +39,9 @@ from safetensors.torch import load_file, save_file
 from igan.errors import IganError
 from igan.fileio import atomic_write
 
-__all__ = ["FORMAT_VERSION", "DIGEST_KEY", "save_checkpoint", "load_checkpoint", "checkpoint_metadata",
-           "resolve_checkpoint", "run_dir_of", "tensor_digest", "write_safetensors", "flatten_optimizer",
-           "unflatten_optimizer", "prefixed", "nonfinite"]
+__all__ = ["FORMAT_VERSION", "DIGEST_KEY", "save_checkpoint", "copy_checkpoint", "load_checkpoint",
+           "checkpoint_metadata", "resolve_checkpoint", "run_dir_of", "tensor_digest", "write_safetensors",
+           "flatten_optimizer", "unflatten_optimizer", "prefixed", "nonfinite"]
 
 FORMAT_VERSION = 1
 DIGEST_KEY = "digest"  # "sha256:<hex>" of the tensors and the other metadata entries (tensor_digest)
@@ -127,6 +127,16 @@ def write_safetensors(tensors: dict[str, torch.Tensor], filename: str, metadata:
         save_file(tensors, filename, metadata=metadata)
     except SafetensorError as exc:
         raise _safetensors_os_error(exc, filename) from exc
+
+
+def copy_checkpoint(src: str | Path, dst: str | Path) -> None:
+    """Copy a checkpoint file the way ``save_checkpoint`` writes one (``igan.fileio.atomic_write``), so
+    ``dst`` is always either the previous copy or the complete new one."""
+    import shutil
+
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

@@ -60,19 +60,20 @@ def igan_register_models(register):
                       {"batch_size": 50, "lr": 0.003, "epochs": 40},
                       "small MLP pair for the embedded digits"))
     # The paper's CIFAR-10 pair (§2.4: D widths 96/192) and SVHN pair (§2.5: 64/128).
+    # G upsamples 4x4 -> 32x32 in three strided deconvolutions: 32x32 images only (any channel count).
     register(ModelDef("cifar_conv", build_conv, {"widths": (96, 192)},
                       {"batch_size": 100, "lr": 3e-4, "epochs": 1200, "lr_decay_from": 800},
-                      "paper CIFAR-10 conv pair (9-layer WN D with dropout, 4-layer BN G)"))
+                      "paper CIFAR-10 conv pair (9-layer WN D with dropout, 4-layer BN G)", image_sizes=((32, 32),)))
     register(ModelDef("svhn_conv", build_conv, {"widths": (64, 128)},
                       {"batch_size": 100, "lr": 3e-4, "epochs": 900, "lr_decay_from": 600},
-                      "paper SVHN conv pair (D widths 64/128)"))
+                      "paper SVHN conv pair (D widths 64/128)", image_sizes=((32, 32),)))
     # DCGAN-style pairs for 64x64 and 128x128 images, after the paper's ImageNet experiment (§6.4;
     # paper-notes §2.7: Adam lr 4e-4, batch 64); chosen by image size for --dataset folder / npz.
     for size in (64, 128):
         register(ModelDef(f"dcgan{size}_conv", build_dcgan, {"image_size": size},
                           {"batch_size": 64, "lr": 4e-4, "epochs": 100},
                           f"DCGAN-style pair for {size}x{size} images (paper ImageNet setting: strided "
-                          "transposed convs + BN in G, WN conv D)"))
+                          "transposed convs + BN in G, WN conv D)", image_sizes=((size, size),)))
 
 
 @hookimpl(trylast=True)

@@ -1,4 +1,4 @@
-"""``igan evaluate``: score a checkpoint's samples, an .npz of images or a folder of PNGs.
+"""What ``igan evaluate`` computes: score a checkpoint's samples, an .npz of images or a folder of PNGs.
 
 Metrics come from a registry that plugins extend (``igan_register_metrics(register)`` with
 ``register(name, fn, help)``); the built-in ones are registered by ``igan.defaults``:
@@ -17,21 +17,17 @@ dict`` with at least ``mean`` (and ``std`` where defined); ``context`` is descri
 
 import copy
 import hashlib
-import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Any, Callable
 
 import torch
-import typer
 
-from igan.config import SEED_MAX
 from igan.errors import IganError, UsageError
 
 __all__ = ["Metric", "metric_registry", "read_npz", "read_png_folder", "load_images", "run_evaluate",
-           "checkpoint_test_error", "inception_score_metric", "fid_metric", "register", "DEFAULT_N",
-           "ERROR_METRIC"]
+           "default_metric", "score_images", "checkpoint_test_error", "inception_score_metric", "fid_metric",
+           "DEFAULT_N", "ERROR_METRIC"]
 
 ERROR_METRIC = "error"
 DEFAULT_N = {"is": 50_000, "fid": 50_000, "classifier-score": 10_000}
@@ -147,7 +143,7 @@ def _palette_is_grey(img) -> bool:
 class Loaded:
     images: torch.Tensor  # uint8 [N, C, H, W] on the CPU
     kind: str  # "checkpoint", "npz" or "folder"
-    restored: Any = None  # igan.commands.Restored for a checkpoint
+    restored: Any = None  # igan.restore.Restored for a checkpoint
 
 
 def input_kind(path: Path) -> str:
@@ -309,8 +305,10 @@ def fid_metric(images: torch.Tensor, context: dict[str, Any]) -> dict[str, Any]:
     device = context["device"]
     weights = _resolve_weights(context.get("inception_weights"), bool(context.get("download")))
     model = _load_inception({**context, "inception_weights": weights})
-    ds, _ = load_dataset(context["pm"], name, context.get("data_dir"), bool(context.get("download")),
-                         context.get("config"))
+    ds = context.get("dataset_obj")  # the loaded dataset, when the caller has it (training)
+    if ds is None or ds.name != name:
+        ds, _ = load_dataset(context["pm"], name, context.get("data_dir"), bool(context.get("download")),
+                             context.get("config"))
     pool, _ = _inception_pool_logits(model, _rgb(images), device, "samples")
     n_real = min(images.shape[0], ds.x_train.shape[0])
     mu_r, sigma_r, cache = _real_statistics(ds, "train", n_real, weights, model, device)
@@ -376,7 +374,7 @@ def checkpoint_test_error(restored, data_dir: str | None = None, download: bool 
 
 
 # --------------------------------------------------------------------------------------------------
-# The command
+# Evaluating an input (the command itself is igan.cli.evaluate)
 
 
 def _plugin_manager():
@@ -391,7 +389,9 @@ def make_context(**values: Any) -> dict[str, Any]:
     ``splits`` (int), ``n`` (number of images), ``device`` (torch.device), ``dataset`` (name or None),
     ``data_dir`` (str or None), ``download`` (bool), ``inception_weights`` (path or None), ``retrain``
     (bool), ``seed`` (int), ``pm`` (the plugin manager), ``input`` (the path scored), ``input_kind``
-    ("checkpoint", "npz", "folder"), ``config`` (the checkpoint's RunConfig or None).
+    ("checkpoint", "npz", "folder"), ``config`` (the checkpoint's RunConfig or None); during training
+    (``--eval-every``) ``input_kind`` is "training", ``config`` the run's and ``dataset_obj`` the run's
+    loaded ``ImageDataset`` (so a metric need not load it again).
     """
     return dict(values)
 
@@ -402,11 +402,63 @@ def _float_or_none(value: Any) -> float | None:
     return float(value)
 
 
-def run_evaluate(input: Path, metric: str = "is", n: int | None = None, splits: int = 10,
+def default_metric(restored=None, dataset: str | None = None) -> str:
+    """The metric ``igan evaluate`` uses without ``--metric``: the one that works for the input offline.
+
+    ``error`` for a checkpoint of ``igan semisup`` (the number its experiment is about), the offline
+    ``classifier-score`` for the digit datasets (digits, mnist: no Inception weights, which say little
+    about 8x8 or 28x28 digits anyway), else the Inception Score ``is``."""
+    from igan.metrics.classifier import RECIPES
+
+    if restored is not None and restored.config.command == "semisup":
+        return ERROR_METRIC
+    if dataset in RECIPES:
+        return "classifier-score"
+    return "is"
+
+
+def _check_metric(metric: str, registry: dict[str, Metric], n: int | None, splits: int) -> bool:
+    """Refuse an unknown metric or an ``n`` too small for the splits; returns whether it uses splits."""
+    if metric != ERROR_METRIC and metric not in registry:
+        raise UsageError(f"unknown metric {metric!r}",
+                         hint=f"choose one of: {', '.join(sorted([*registry, ERROR_METRIC]))}")
+    uses_splits = metric in USES_SPLITS or (metric in registry and metric not in DEFAULT_N)
+    if n is not None and uses_splits and n < splits:
+        raise UsageError(f"--n {n} is smaller than --splits {splits}: every split needs a sample",
+                         hint=f"use --n {splits} or more (the paper uses 50,000 samples in 10 splits)")
+    return uses_splits
+
+
+def score_images(metric: Metric, images: torch.Tensor, context: dict[str, Any]) -> tuple[float, float | None,
+                                                                                           dict[str, Any]]:
+    """``(mean, std, the rest)`` of ``metric`` on uint8 images, with the metric's answer checked."""
+    device = context.get("device") or torch.device("cpu")
+    with torch.autocast(device_type=device.type, enabled=False):
+        out = metric.fn(images, context)
+    if not isinstance(out, dict) or "mean" not in out:
+        raise IganError(f"metric {metric.name!r} returned {type(out).__name__}, not a dict with 'mean'",
+                        hint=f"fix the metric function of plugin {metric.plugin!r}")
+    out = dict(out)
+    try:
+        mean, std = float(out.pop("mean")), _float_or_none(out.pop("std", None))
+    except (TypeError, ValueError) as exc:
+        raise IganError(f"metric {metric.name!r} returned a mean or std that is not a number ({exc})",
+                        hint=f"fix the metric function of plugin {metric.plugin!r}") from exc
+    return mean, std, out
+
+
+def needs_inception(metric: Metric) -> bool:
+    """Whether ``metric`` is a built-in one that runs the Inception network (is, fid)."""
+    return metric.plugin == "core" and metric.name in ("is", "fid")
+
+
+def run_evaluate(input: Path, metric: str | None = None, n: int | None = None, splits: int = 10,
                  dataset: str | None = None, data_dir: Path | str | None = None,
                  inception_weights: Path | str | None = None, download: bool = False, retrain: bool = False,
                  device: str = "auto", seed: int = 0, pm=None) -> dict[str, Any]:
-    """Evaluate ``input`` with ``metric``; returns the JSON-ready result (see docs/metrics.md)."""
+    """Evaluate ``input`` with ``metric`` (None: ``default_metric``); returns the JSON-ready result
+    (see docs/metrics.md)."""
+    from igan.console import info
     from igan.train import resolve_device
 
     input = Path(input)
@@ -418,33 +470,39 @@ def run_evaluate(input: Path, metric: str = "is", n: int | None = None, splits: 
         return {"metric": metric, "input": str(input), "input_kind": "seeds", "mean": result["test_error"],
                 "std": None, "splits": None, **result}
     registry = metric_registry(pm)
-    if metric != ERROR_METRIC and metric not in registry:
-        raise UsageError(f"unknown metric {metric!r}",
-                         hint=f"choose one of: {', '.join(sorted([*registry, ERROR_METRIC]))}")
     if splits < 1:
         raise UsageError(f"--splits must be at least 1, got {splits}", hint="the paper's protocol uses 10")
-    uses_splits = metric in USES_SPLITS or (metric in registry and metric not in DEFAULT_N)
-    if n is not None and uses_splits and n < splits:
-        raise UsageError(f"--n {n} is smaller than --splits {splits}: every split needs a sample",
-                         hint=f"use --n {splits} or more (the paper uses 50,000 samples in 10 splits)")
+    if metric is not None:  # a mistake in --metric or --n costs nothing: checked before any loading
+        _check_metric(metric, registry, n, splits)
     kind = input_kind(input)
     dev = resolve_device(device)
     restored = None
     if kind == "checkpoint":
-        from igan.commands import restore_models
+        from igan.restore import restore_models
 
         restored = restore_models(input, device, pm)
         dataset = dataset or restored.config.dataset
         data_dir = data_dir or restored.config.data_dir
+    if metric is None:
+        metric = default_metric(restored, dataset)
+        what = f"{restored.config.command} checkpoints of {dataset}" if restored is not None else (
+            f"{dataset} images" if dataset else "images of an unknown dataset")
+        info(f"metric: {metric} (the default for {what}; choose another with --metric)")
+    uses_splits = _check_metric(metric, registry, n, splits)
 
     base: dict[str, Any] = {"metric": metric, "input": str(input), "input_kind": kind}
     if metric == ERROR_METRIC:
         if restored is None:
-            raise UsageError(f"--metric error needs a checkpoint of `igan semisup`, not an {kind}",
+            what = {"npz": "an .npz of images", "folder": "a folder of images"}[kind]
+            raise UsageError(f"--metric error needs a checkpoint of `igan semisup`, not {what}",
                              hint="pass checkpoints/last.safetensors of a semi-supervised run")
         result = checkpoint_test_error(restored, str(data_dir) if data_dir else None, download, n, pm)
         return {**base, "mean": result.pop("mean"), "std": None, "n": result.pop("n"), "splits": None, **result}
 
+    if needs_inception(registry[metric]):  # find the weights before generating 50,000 samples for them
+        from igan.metrics.inception import _resolve_weights
+
+        inception_weights = _resolve_weights(inception_weights, download)
     if kind == "checkpoint" and n is None:
         n = DEFAULT_N.get(metric, PLUGIN_DEFAULT_N)
     images = load_images(input, kind, n, restored, seed)
@@ -456,163 +514,10 @@ def run_evaluate(input: Path, metric: str = "is", n: int | None = None, splits: 
                            data_dir=str(data_dir) if data_dir else None, download=download,
                            inception_weights=inception_weights, retrain=retrain, seed=seed, pm=pm,
                            input=str(input), input_kind=kind, config=restored.config if restored else None)
-    with torch.autocast(device_type=dev.type, enabled=False):
-        out = registry[metric].fn(images, context)
-    if not isinstance(out, dict) or "mean" not in out:
-        raise IganError(f"metric {metric!r} returned {type(out).__name__}, not a dict with 'mean'",
-                        hint=f"fix the metric function of plugin {registry[metric].plugin!r}")
-    out = dict(out)
-    try:
-        mean, std = float(out.pop("mean")), _float_or_none(out.pop("std", None))
-    except (TypeError, ValueError) as exc:
-        raise IganError(f"metric {metric!r} returned a mean or std that is not a number ({exc})",
-                        hint=f"fix the metric function of plugin {registry[metric].plugin!r}") from exc
+    mean, std, out = score_images(registry[metric], images, context)
     result = {**base, "mean": mean, "std": std, "n": n_images, "splits": splits if uses_splits else None,
               "dataset": dataset}
     if kind == "checkpoint":
         result["seed"] = seed
     result.update(out)
     return result
-
-
-def _pm(value: float | None, std: float | None = None, digits: int = 3) -> str:
-    if value is None:
-        return "-"
-    text = f"{value:.{digits}f}"
-    return f"{text} ± {std:.{digits}f}" if std is not None else text
-
-
-def print_table(result: dict[str, Any], console=None) -> None:
-    """The result as a rich table on stderr (the model's numbers beside the real data's)."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    from igan.console import stderr
-
-    console = console or stderr
-    metric = result["metric"]
-    ref = result.get("reference") if isinstance(result.get("reference"), dict) else None
-    splits = "-" if result.get("splits") is None else str(result["splits"])
-    table = Table(title=f"igan evaluate {escape(result['input'])}", title_justify="left", caption_justify="left")
-    table.add_column("metric")
-    table.add_column("model", justify="right")
-    table.add_column("n", justify="right")
-    table.add_column("splits", justify="right")
-    if ref is not None:
-        table.add_column("real data", justify="right")
-    n = str(result["n"])
-    if metric == ERROR_METRIC and result.get("input_kind") == "seeds":
-        which = "EMA of D" if result.get("ema") else "D"
-        table.add_row(f"test errors, mean ± std over {result['models']} seeds ({which})",
-                      f"{result['mean_test_errors']:.1f} ± {result['std_test_errors']:.1f}", n, splits)
-        table.add_row(f"ensemble of the {result['models']} models (mean probabilities)",
-                      f"{100 * result['ensemble_test_error']:.2f}% ({result['ensemble_test_errors']} wrong)", n, splits)
-        table.caption = "per seed: " + ", ".join(f"{s}: {e}" for s, e in zip(result["seeds"],
-                                                                             result["test_errors_per_seed"]))
-    elif metric == ERROR_METRIC:
-        table.add_row(f"test error{' (EMA of D)' if result.get('ema') else ' (D)'}",
-                      f"{100 * result['test_error']:.2f}% ({result['test_errors']} wrong)", n, splits)
-    elif metric == "classifier-score":
-        ref = ref or {}
-        table.add_row("classifier score ↑", _pm(result["mean"], result["std"]), n, splits,
-                      _pm(ref.get("mean"), ref.get("std")))
-        table.add_row("FD to real test ↓", _pm(result.get("fd")), n, "-", _pm(ref.get("fd")))
-        table.caption = (f"real data: {ref.get('n', '-')} test images (score; FD vs {ref.get('n_train', '-')} "
-                         f"training images)")
-    elif metric == "fid":
-        ref = ref or {}
-        table.add_row("FID ↓", _pm(result["mean"]), n, splits, _pm(ref.get("mean")))
-        table.caption = (f"model: {n} images vs {result.get('n_real')} training images; real data: "
-                         f"{ref.get('n', '-')} test images vs the same training statistics")
-    else:
-        row = [escape(metric), _pm(result["mean"], result["std"]), n, splits]
-        if ref is not None:
-            row.append(_pm(_maybe_float(ref.get("mean")), _maybe_float(ref.get("std"))))
-        table.add_row(*row)
-    console.print(table)
-    clf = result.get("classifier")
-    if isinstance(clf, dict) and clf.get("test_accuracy") is not None:
-        console.print(f"classifier: test accuracy {100 * clf['test_accuracy']:.2f}%, {escape(str(clf['path']))}")
-
-
-def _maybe_float(value: Any) -> float | None:
-    try:
-        return None if value is None else float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return _json_safe(value.item())
-    if type(value).__module__ == "numpy" and hasattr(value, "item") and getattr(value, "ndim", None) == 0:
-        return _json_safe(value.item())  # numpy scalars from a plugin's metric
-    return value
-
-
-def _metric_help(pm) -> tuple[str, str]:
-    """The --metric help and the command epilog (names and help of every registered metric)."""
-    from rich.markup import escape
-
-    try:
-        registry = metric_registry(pm)
-    except IganError:  # reported when `evaluate` runs; must not break the other commands
-        registry = {}
-    names = [escape(name) for name in (*registry, ERROR_METRIC)]
-    lines = [f"{escape(m.name)}: {escape(m.help)}" for m in registry.values()]
-    lines.append(f"{ERROR_METRIC}: test error of a semi-supervised checkpoint (EMA of D)")
-    return ", ".join(names), "Metrics:\n\n" + "\n\n".join(lines)
-
-
-def register(app: typer.Typer, pms) -> None:
-    """Add ``igan evaluate`` to the app; the metric list in its help comes from the plugins."""
-    names, epilog = _metric_help(pms.new(strict=False))  # the help must work with a broken plugin
-
-    def evaluate(
-        input: Annotated[Path, typer.Argument(
-            help="a checkpoint (.safetensors) or a run directory, an .npz with uint8 NHWC `images`, or a folder "
-                 "of PNGs",
-            show_default=False)],
-        metric: Annotated[str, typer.Option("--metric", help=f"one of: {names}")] = "is",
-        n: Annotated[Optional[int], typer.Option(
-            "-n", "--n", min=1, help="number of images (default: 50,000 for is/fid, 10,000 for classifier-score "
-                                     "from a checkpoint; every image of a file)")] = None,
-        splits: Annotated[int, typer.Option("--splits", min=1, help="splits of the IS formula")] = 10,
-        dataset: Annotated[Optional[str], typer.Option(
-            "--dataset", help="the real data (default: the checkpoint's; needed for fid/classifier-score of "
-                              "files)")] = None,
-        data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="folder holding the dataset's "
-                                                                            "files")] = None,
-        inception_weights: Annotated[Optional[Path], typer.Option(
-            "--inception-weights", help="pt_inception-2015-12-05-6726825d.pth (else $IGAN_INCEPTION_WEIGHTS, "
-                                        "then the torch hub cache)")] = None,
-        download: Annotated[bool, typer.Option("--download", help="fetch missing dataset files / Inception "
-                                                                  "weights (checksums verified)")] = False,
-        retrain: Annotated[bool, typer.Option("--retrain", help="retrain the cached classifier of "
-                                                                "classifier-score")] = False,
-        device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N")] = "auto",
-        seed: Annotated[int, typer.Option("--seed", min=0, max=SEED_MAX,
-                                          help="noise seed of the samples of a checkpoint")] = 0,
-        as_json: Annotated[bool, typer.Option("--json", help="print one JSON object on stdout")] = False,
-    ) -> None:
-        """Score samples: Inception Score, FID, the offline classifier score, or a semi-supervised test error."""
-        result = _json_safe(run_evaluate(input, metric, n, splits, dataset, data_dir, inception_weights, download,
-                                         retrain, device, seed, pm=pms.new()))
-        print_table(result)
-        if as_json:
-            print(json.dumps(result))
-        else:
-            print(result["mean"])
-
-    app.command("evaluate", epilog=epilog,
-                help="Score samples: Inception Score, FID, the offline classifier score, or a "
-                     "semi-supervised test error. Example: igan evaluate runs/x/checkpoints/last.safetensors "
-                     "--metric classifier-score")(evaluate)

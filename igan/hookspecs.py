@@ -22,8 +22,8 @@ and around the loop (``igan.train.fit``)::
 ``sample``/``evaluate`` rebuild a checkpoint's models: igan_configure -> igan_modify_models ->
 [weights loaded] -> igan_prepare_inference.
 
-``igan_checkpoint_tensors`` fires whenever a checkpoint is written, ``igan_restore_tensors`` when one
-is loaded (after ``igan_train_start``).
+``igan_checkpoint_tensors`` fires whenever a checkpoint is written (``igan_after_checkpoint`` once it
+is on disk), ``igan_restore_tensors`` when one is loaded (after ``igan_train_start``).
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Callable
 import pluggy
 
 if TYPE_CHECKING:  # imported for annotations only: keeps `import igan.hookspecs` light
+    from pathlib import Path
+
     import torch
 
     from igan.config import RunConfig
@@ -233,6 +235,17 @@ def igan_checkpoint_tensors(run: Run) -> dict[str, torch.Tensor] | None:
     """Return extra named tensors to save in the checkpoint (e.g. historical-average sums).
 
     The host prefixes each name with the plugin's name, so names only need to be unique per plugin.
+    """
+
+
+@hookspec
+def igan_after_checkpoint(run: Run, path: Path) -> None:
+    """A checkpoint of ``run`` has just been written, atomically, at ``path`` (``checkpoints/last.safetensors``).
+
+    Fires on the process that writes checkpoints (rank 0), after each one: at every epoch end (after
+    ``igan_epoch_end``), every ``--checkpoint-every`` steps, at the end and on Ctrl-C / SIGTERM. For
+    keeping copies (the evaluation plugin keeps ``checkpoints/best.safetensors`` this way); must not
+    change the run. Return nothing.
     """
 
 

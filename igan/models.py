@@ -97,6 +97,17 @@ class ModelDef:
     kwargs: dict[str, Any] = field(default_factory=dict)  # fixed architecture arguments
     defaults: dict[str, Any] = field(default_factory=dict)  # batch_size, lr, epochs, lr_decay_from ...
     description: str = ""
+    image_sizes: tuple[tuple[int, int], ...] | None = None  # the (H, W) it takes; None: any size
+
+    def accepts(self, image_shape: tuple[int, ...]) -> bool:
+        """Whether the pair can be built for images of ``image_shape`` ([C, H, W])."""
+        return self.image_sizes is None or tuple(image_shape[-2:]) in {tuple(s) for s in self.image_sizes}
+
+    def sizes_text(self) -> str:
+        """``"32x32"``, ``"28x28 or 32x32"``, or ``"any size"``."""
+        if self.image_sizes is None:
+            return "any size"
+        return " or ".join(f"{h}x{w}" for h, w in self.image_sizes)
 
     def build(self, image_shape: tuple[int, int, int], num_logits: int, **overrides: Any) -> Models:
         import inspect

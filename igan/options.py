@@ -17,7 +17,7 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
 import typer
 
@@ -44,6 +44,7 @@ class OptionSpec:
     run_only: bool = False  # logging-style option: does not change what is trained or saved
     plugin: str = ""  # filled in by the parser: who declared it
     builtin: bool = True
+    help_for: dict[str, str] = field(default_factory=dict)  # the help of one command, where it differs
 
     @property
     def cli_flag(self) -> str:
@@ -59,18 +60,20 @@ class OptionSpec:
             return self.panel
         return TECHNIQUES_PANEL if self.builtin else f"Plugin: {self.plugin}"
 
-    def typer_parameter(self) -> inspect.Parameter:
+    def typer_parameter(self, command: str | None = None) -> inspect.Parameter:
+        """The typer option of ``command`` (its own help text when ``help_for`` has one)."""
         from rich.markup import escape  # help is shown through rich: keep "[...]" literal
 
-        kwargs: dict[str, Any] = {"help": escape(self.help), "rich_help_panel": self.resolved_panel(),
+        kwargs: dict[str, Any] = {"help": escape(self.help_for.get(command, self.help)),
+                                  "rich_help_panel": self.resolved_panel(),
                                   "show_default": self.default is not None and self.type is not bool}
         if self.min is not None:
             kwargs["min"] = self.min
         if self.max is not None:
             kwargs["max"] = self.max
-        annotation: Any = self.type if self.default is not None else self.type | None
-        if self.choices:  # validated by OptionParser.validate_choices (one-line usage error)
-            kwargs["help"] = escape(f"{self.help} (one of: {', '.join(self.choices)})")
+        # choices: typer lists them in the help (<l2|l1>) and refuses others with a usage error
+        value_type: Any = Literal[self.choices] if self.choices else self.type
+        annotation: Any = value_type if self.default is not None else value_type | None
         opt = typer.Option(self.cli_flag, **kwargs)
         return inspect.Parameter(self.name, inspect.Parameter.KEYWORD_ONLY, default=self.default,
                                  annotation=Annotated[annotation, opt])
@@ -103,16 +106,19 @@ class OptionParser:
     def add(self, name: str, type: Any = bool, default: Any = None, *, help: str, flag: str | None = None,
             panel: str | None = None, commands: tuple[str, ...] = ("train", "semisup"),
             min: float | None = None, max: float | None = None,
-            choices: tuple[str, ...] | None = None, run_only: bool = False) -> None:
+            choices: tuple[str, ...] | None = None, run_only: bool = False,
+            help_for: dict[str, str] | None = None) -> None:
         """Declare an option. ``type`` is bool (a bare flag), int, float, str or a path type.
 
         ``run_only=True`` marks an option that does not affect the models or the trained state (e.g. a
         logger): it may differ when resuming, and it is reset to its default when a checkpoint is loaded
-        for ``sample``/``evaluate``."""
+        for ``sample``/``evaluate``. ``help_for`` gives the help of one command where it differs
+        (``{"semisup": "..."}``), so no command's help speaks of another."""
         if type is bool and default is None and not (flag and "/" in flag):
             default = False  # a plain flag is off by default; "--x/--no-x" keeps None as "not given"
         spec = OptionSpec(name, type, default, help, flag, panel, tuple(commands),
-                          min, max, choices, run_only, self._plugin, self._builtin)
+                          min, max, tuple(choices) if choices else None, run_only, self._plugin, self._builtin,
+                          dict(help_for or {}))
         owner = self.owners.get(name)
         if owner is not None:
             raise OptionClash(f"plugin {self._plugin!r} declares the option {name!r}, which belongs to "

@@ -1,4 +1,5 @@
-"""``igan report``: one self-contained HTML page about one or more run directories.
+"""What ``igan report`` writes (the command is ``igan.cli.report``): one self-contained HTML page about
+one or more run directories.
 
 The page reads only what a run leaves on disk: ``config.json``, ``metrics.jsonl`` (the record of the
 run), ``summary.json``, ``samples/epoch_NNNN.png``, the metadata of ``checkpoints/last.safetensors``
@@ -22,13 +23,11 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Optional
-
-import typer
+from typing import Any, Iterable
 
 from igan.errors import IganError
 
-__all__ = ["RunData", "SeedsTable", "load_run", "collect", "build_report", "write_report", "register"]
+__all__ = ["RunData", "SeedsTable", "load_run", "collect", "build_report", "write_report"]
 
 HINT = 'pip install "igan[report]"'
 MAX_SAMPLES = 8  # sample grids shown per run (one row): all when there are at most this many epochs
@@ -55,6 +54,7 @@ class RunData:
     metrics: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl records after epoch ends
     summary: dict[str, Any] | None = None
     samples: list[tuple[int, Path]] = field(default_factory=list)  # (epoch, png), in epoch order
+    best: dict[str, Any] | None = None  # checkpoints/best.json (--eval-every)
     steps_per_epoch: float | None = None  # from the loss records (step / fractional epoch)
     notes: list[str] = field(default_factory=list)
 
@@ -164,6 +164,9 @@ def load_run(path: Path) -> RunData:
         _read_metrics(path / "metrics.jsonl", run)
     else:
         run.notes.append("no metrics.jsonl")
+    if (path / "checkpoints" / "best.json").is_file():
+        best = _read_json(path / "checkpoints" / "best.json", run.notes)
+        run.best = best if isinstance(best, dict) else None
     if (path / "summary.json").is_file():
         run.summary = _read_object(path / "summary.json", run.notes)
     else:
@@ -276,6 +279,7 @@ class Line:
     color: str
     x: list[float]
     y: list[float]
+    band: list[float] | None = None  # ± this around y, shaded (a metric's std over its splits)
 
 
 def _series(run: RunData, records: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
@@ -290,12 +294,12 @@ def _series(run: RunData, records: list[dict[str, Any]], key: str) -> tuple[list
     return xs, ys
 
 
-def _smooth(ys: list[float]) -> list[float] | None:
-    """A debiased exponential moving average (TensorBoard's smoothing) for long noisy curves, else None."""
+def _smooth(ys: list[float]) -> list[float]:
+    """A debiased exponential moving average, as TensorBoard's smoothing slider: the weight grows with
+    the number of points (0.6 for a handful, TensorBoard's default, up to 0.98 for thousands), so the
+    average follows a short curve and calms a long noisy one. Non-finite values are skipped."""
     n = len(ys)
-    if n <= 60:
-        return None
-    w = 1.0 - min(1.0, 20.0 / n)
+    w = min(0.98, max(0.6, 1.0 - 10.0 / max(n, 1)))
     out, avg, norm = [], 0.0, 0.0
     for y in ys:
         if math.isfinite(y):
@@ -305,8 +309,11 @@ def _smooth(ys: list[float]) -> list[float] | None:
     return out
 
 
-def plot_panels(panels: list[tuple[str, list[Line]]], ncols: int = 2, height: float = 3.0) -> bytes:
-    """A grid of line plots (one per (title, lines) panel) as PNG bytes."""
+def draw_panels(panels: list[tuple[str, list[Line]]], ncols: int = 2, height: float = 3.0,
+                smooth: bool = True):
+    """A matplotlib Figure with a grid of line plots, one per (title, lines) panel. With ``smooth``
+    (losses) each line is drawn twice: the raw values thin and faint, their moving average thick;
+    without it (one point per epoch: metrics) the values as one line with markers."""
     Figure, FigureCanvasAgg = _matplotlib()
     rows = max(1, math.ceil(len(panels) / ncols))
     fig = Figure(figsize=(11.0, height * rows), dpi=100, layout="constrained")
@@ -315,14 +322,16 @@ def plot_panels(panels: list[tuple[str, list[Line]]], ncols: int = 2, height: fl
     for ax, (title, lines) in zip(axes, panels):
         values: list[float] = []
         for line in lines:
-            smooth = _smooth(line.y)
             few = len(line.x) <= 40
-            if smooth is None:
+            if smooth and len(line.x) > 1:
+                ax.plot(line.x, line.y, color=line.color, lw=0.8, alpha=0.3)
+                ax.plot(line.x, _smooth(line.y), color=line.color, lw=1.8, label=line.label)
+            else:
                 ax.plot(line.x, line.y, color=line.color, lw=1.5, label=line.label,
                         marker="o" if few else None, ms=3.5)
-            else:
-                ax.plot(line.x, line.y, color=line.color, lw=0.8, alpha=0.3)
-                ax.plot(line.x, smooth, color=line.color, lw=1.6, label=line.label)
+                if line.band is not None and len(line.band) == len(line.y):
+                    ax.fill_between(line.x, [y - b for y, b in zip(line.y, line.band)],
+                                    [y + b for y, b in zip(line.y, line.band)], color=line.color, alpha=0.15, lw=0)
             values += [v for v in line.y if math.isfinite(v)]
         clipped = _robust_ylim(ax, values)
         ax.set_title(title + ("  (y clipped to the 1-99th percentile)" if clipped else ""), fontsize=10,
@@ -334,6 +343,13 @@ def plot_panels(panels: list[tuple[str, list[Line]]], ncols: int = 2, height: fl
             ax.legend(fontsize=8, frameon=False)
     for ax in axes[len(panels):]:
         ax.set_visible(False)
+    return fig
+
+
+def plot_panels(panels: list[tuple[str, list[Line]]], ncols: int = 2, height: float = 3.0,
+                smooth: bool = True) -> bytes:
+    """``draw_panels`` as PNG bytes."""
+    fig = draw_panels(panels, ncols, height, smooth)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
     return buf.getvalue()
@@ -436,6 +452,11 @@ img.plot { display: block; width: 100%; height: auto; }
                 color: #57606a; }
 .strip img { display: block; width: 100%; height: auto; image-rendering: pixelated;
              border: 1px solid #d8dee4; }
+details.zoom > summary { display: block; list-style: none; cursor: zoom-in; }
+details.zoom > summary::-webkit-details-marker { display: none; }
+details.zoom[open] > summary { position: fixed; inset: 0; z-index: 10; display: flex; align-items: center;
+                               justify-content: center; background: rgba(15, 18, 22, 0.85); cursor: zoom-out; }
+details.zoom[open] > summary img { width: auto; height: min(92vh, 92vw); max-width: 92vw; border: 0; }
 .samples { display: flex; flex-wrap: wrap; gap: 0 28px; }
 .run-samples { flex: 0 1 auto; max-width: 100%; }
 .side { display: flex; flex-wrap: wrap; gap: 0 28px; align-items: flex-start; }
@@ -490,7 +511,13 @@ def _final_section(runs: list[RunData]) -> str:
             out.update({k: v for k, v in r.metrics[-1].items() if k not in ("step", "epoch")})
         return out
 
-    table = [numbers(r) for r in runs]
+    def with_best(r: RunData, out: dict[str, Any]) -> dict[str, Any]:
+        b = r.best or {}
+        if _is_number(b.get("value")):
+            out["best checkpoint"] = f"{b.get('metric')}={_fmt(b['value'])} at epoch {b.get('epoch')}"
+        return out
+
+    table = [with_best(r, numbers(r)) for r in runs]
     keys: dict[str, None] = {}
     for t in table:
         for k in t:
@@ -503,7 +530,8 @@ def _final_section(runs: list[RunData]) -> str:
     header = ["", *[_swatch(r) + ("" if r.summary else " (unfinished)") for r in runs]]
     return _section("final", "Final numbers", _table(header, rows),
                     "From each run's <code>summary.json</code>: the losses are the means over the last "
-                    "logging interval, the metrics those of the last epoch end.")
+                    "logging interval, the metrics those of the last epoch end; <code>best checkpoint</code> "
+                    "(<code>--eval-every</code>) is the value and epoch of <code>checkpoints/best.safetensors</code>.")
 
 
 def _loss_keys(runs: list[RunData]) -> set[str]:
@@ -560,7 +588,8 @@ LOSS_HELP = (
     "against an opponent that keeps changing, so in a healthy run both settle and wobble around a level "
     "instead of falling. Warning signs: D's loss heading to 0 while G's climbs (D wins, G gets no useful "
     "gradient), wild growing oscillations, or sudden spikes to large values. Thin faint lines are the raw "
-    "values, thick lines a moving average.")
+    "values (the mean over each logging interval), thick lines their moving average (debiased, as "
+    "TensorBoard's smoothing).")
 TERMS_HELP = (
     "Each technique's own term, as added to its network's loss. <code>fm</code> (feature matching): the "
     "distance between D's mean features on real and generated batches; it measures what G is asked to fix, "
@@ -571,10 +600,13 @@ TERMS_HELP = (
     "classification loss on the labelled batch, which should fall, and its real-versus-generated loss, which "
     "behaves like a GAN loss.")
 METRICS_HELP = (
-    "Measured at each epoch end. <code>test_error</code> (semisup) is the fraction of test images the "
-    "discriminator misclassifies, with the moving average of its weights: this one should go down, and it is "
-    "the number that counts; a rise after a minimum is overfitting to the few labels. "
-    "<code>test_errors</code> is the same as a count.")
+    "Measured at epoch ends, one point each (no smoothing). <code>test_error</code> (semisup) is the "
+    "fraction of test images the discriminator misclassifies, with the moving average of its weights: this "
+    "one should go down, and it is the number that counts; a rise after a minimum is overfitting to the few "
+    "labels. <code>test_errors</code> is the same as a count. <code>eval/*</code> (<code>--eval-every</code>) "
+    "score samples of G as <code>igan evaluate</code> does: <code>eval/classifier_score</code> and "
+    "<code>eval/is</code> should go up (to the real data's), <code>eval/classifier_fd</code> and "
+    "<code>eval/fid</code> down; the best of them is kept as <code>checkpoints/best.safetensors</code>.")
 
 
 def _losses_section(runs: list[RunData]) -> str:
@@ -605,11 +637,11 @@ def _losses_section(runs: list[RunData]) -> str:
     return _section("losses", "Losses", "".join(body), LOSS_HELP)
 
 
-def _figure(panels: list[tuple[str, list[Line]]], what: str) -> str:
+def _figure(panels: list[tuple[str, list[Line]]], what: str, smooth: bool = True) -> str:
     labels = list(dict.fromkeys(ln.label for _, lines in panels for ln in lines))  # in run order
     alt = f"{what}: {', '.join(t for t, _ in panels)}; runs: {', '.join(labels)}"
     legend = ", ".join(labels)
-    return (f'<figure class="plot">{_img(plot_panels(panels), alt, "plot")}'
+    return (f'<figure class="plot">{_img(plot_panels(panels, smooth=smooth), alt, "plot")}'
             f'<figcaption>{_e(what)} of {_e(legend)}</figcaption></figure>')
 
 
@@ -620,13 +652,21 @@ def _metrics_section(runs: list[RunData]) -> str:
             keys.setdefault(k, None)
     panels = []
     for key in keys:
-        lines = [ln for ln in (Line(r.label, r.color, *_series(r, r.metrics, key)) for r in runs) if ln.x]
-        panels.append((key, lines))
+        if key.endswith("_std") and key[:-len("_std")] in keys:
+            continue  # drawn as the shaded band of its mean's panel
+        lines = []
+        for r in runs:
+            x, y = _series(r, r.metrics, key)
+            bx, band = _series(r, r.metrics, f"{key}_std")
+            if x:
+                lines.append(Line(r.label, r.color, x, y, band if bx == x else None))
+        panels.append((key + (" (shaded: ± std over the splits)" if any(ln.band for ln in lines) else ""), lines))
     if not panels:
-        none = ('<p class="note">No epoch metrics were logged (<code>igan train</code> logs none by itself; '
-                '<code>igan semisup</code> logs the test error at each epoch end).</p>')
+        none = ('<p class="note">No epoch metrics were logged (<code>igan train --eval-every N</code> logs '
+                'sample-quality metrics every N epochs; <code>igan semisup</code> logs the test error at each '
+                'epoch end).</p>')
         return _section("metrics", "Metrics", none)
-    return _section("metrics", "Metrics", _figure(panels, "metrics"), METRICS_HELP)
+    return _section("metrics", "Metrics", _figure(panels, "metrics", smooth=False), METRICS_HELP)
 
 
 def _pick(n: int, k: int) -> list[int]:
@@ -649,7 +689,10 @@ def _samples_section(runs: list[RunData], max_samples: int) -> str:
                 continue
             if not data.startswith(PNG_MAGIC):
                 continue
-            figs.append(f"<figure>{_img(data, f'{r.label} epoch {epoch}', 'sample')}"
+            # a click opens the grid over the page and another closes it: <details> toggles, CSS
+            # draws the open one full size (no script, and the image is embedded once)
+            figs.append(f'<figure><details class="zoom"><summary title="click to enlarge">'
+                        f"{_img(data, f'{r.label} epoch {epoch}', 'sample')}</summary></details>"
                         f"<figcaption>epoch {epoch}</figcaption></figure>")
         more = (f" ({len(shown)} of {len(r.samples)} epochs)" if len(shown) < len(r.samples) else "")
         parts.append(f'<div class="run-samples"><h3>{_swatch(r)}{_e(more)}</h3>'
@@ -658,7 +701,8 @@ def _samples_section(runs: list[RunData], max_samples: int) -> str:
         '<p class="note">No sample grids (samples/epoch_NNNN.png) were found.</p>'
     return _section("samples", "Samples over time", body,
                     "The same fixed noise through the generator at each epoch end "
-                    "(<code>samples/epoch_NNNN.png</code>), so changes are the generator's, not the noise's. "
+                    "(<code>samples/epoch_NNNN.png</code>), so changes are the generator's, not the noise's; "
+                    "click a grid to see it full size (click again to close). "
                     "Look for variety across the grid (many near-identical images mean mode collapse) and "
                     "for sharper digits or objects over time.")
 
@@ -771,29 +815,3 @@ def write_report(dirs: list[Path], out: Path | None = None, max_samples: int = M
         raise IganError(f"could not write {out}: {exc.strerror or exc}",
                         hint="choose another place with -o, or make the folder writable") from exc
     return out
-
-
-def report(
-    run_dirs: Annotated[list[Path], typer.Argument(
-        help="run directories (igan train or semisup output; a semisup --seeds base directory brings "
-             "its seeds), or their checkpoints",
-        show_default=False)],
-    out: Annotated[Optional[Path], typer.Option(
-        "-o", "--out",
-        help="the HTML file (default: RUN_DIR/report.html for one run, report.html for several)",
-        show_default=False)] = None,
-    samples: Annotated[int, typer.Option(
-        "--samples", min=2, help="sample grids per run, spread over the epochs (all of them when fewer)")]
-        = MAX_SAMPLES,
-) -> None:
-    """Write one self-contained HTML page (plots and images embedded) about one or more runs; several
-    runs overlay their curves. Prints the file's path."""
-    from igan.checkpoint import run_dir_of
-
-    print(write_report([run_dir_of(p) for p in run_dirs], out, samples))
-
-
-def register(app: typer.Typer) -> None:
-    hint = HINT.replace("[", "\\[")  # the epilog is rich markup: keep "[report]" from being read as a tag
-    app.command("report", epilog=f"Example: igan report runs/fm runs/fm-ha -o ablation.html  (needs {hint})")(
-        report)

@@ -340,6 +340,12 @@ def build_run(config: RunConfig, pm: pluggy.PluginManager, run_dir: Path | None 
     from igan.recipes import apply_recipe
 
     apply_recipe(config, model_def)  # a recipe's defaults come before the model's own
+    if not model_def.accepts(dataset.image_shape):
+        h, w = dataset.image_shape[-2:]
+        fits = sorted(name for name, d in models_by_name.items() if d.accepts(dataset.image_shape))
+        raise UsageError(f"model {config.model} takes {model_def.sizes_text()} images, but {dataset.name} has "
+                         f"{h}x{w} images", hint=f"models that fit {h}x{w}: {', '.join(fits) or 'none installed'} "
+                         f"(without --model, {dataset.name} trains {spec.default_model})")
     apply_model_defaults(config, model_def)
     if config.batch_size % dist.world:
         raise UsageError(f"--batch-size {config.batch_size} does not split evenly over {dist.world} processes",
@@ -585,6 +591,7 @@ def save_run(run: Run, path: Path | None = None) -> Path:
         kept = "the previous checkpoint is intact" if path.is_file() else "no checkpoint had been written yet"
         raise IganError(f"could not write checkpoint {path}: {exc.strerror or exc}",
                         hint=f"{os_hint(exc)}; {kept}") from exc
+    run.pm.hook.igan_after_checkpoint(run=run, path=path)
     run.dist.barrier()
     return path
 
@@ -752,12 +759,13 @@ class OneRun:
         save_run(self.runs[i])
 
 
-def fit(run: Run, resume: Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train to ``run.total_steps``; returns a summary. Writes checkpoints, samples and metrics."""
-    return fit_runs(OneRun(run), [resume], progress)[0]
+def fit(run: Run, resume: Path | None = None, progress: bool = True, label: str = "") -> dict[str, Any]:
+    """Train to ``run.total_steps``; returns a summary. Writes checkpoints, samples and metrics.
+    ``label`` is added to the phase the progress line shows (e.g. ``seed 3 (2/5)``)."""
+    return fit_runs(OneRun(run), [resume], progress, label)[0]
 
 
-def fit_runs(trainer: Any, resumes: list[Path | None], progress: bool = True) -> list[dict[str, Any]]:
+def fit_runs(trainer: Any, resumes: list[Path | None], progress: bool = True, label: str = "") -> list[dict[str, Any]]:
     """The loop, for one run or K runs stepped together (``--parallel``): each run keeps its own
     checkpoints, samples, metrics and plugin state; the hooks fire per run, with that run's RNG."""
     from igan.console import TrainProgress
@@ -820,7 +828,8 @@ def fit_runs(trainer: Any, resumes: list[Path | None], progress: bool = True) ->
     previous = ({sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
                 if _main_thread() else {})
     try:
-        with TrainProgress(total, first.step, enabled=progress and main) as bar:
+        with TrainProgress(total, first.step, _phase(runs, label), enabled=progress and main,
+                           steps_per_epoch=spe) as bar:
             while first.step < total:
                 if stop:
                     raise stop[0]()
@@ -851,10 +860,11 @@ def fit_runs(trainer: Any, resumes: list[Path | None], progress: bool = True) ->
                         metrics[i].write({"step": step, "epoch": step / spe, **last_values[i]})
                         run.pm.hook.igan_log(run=run, step=step, values=last_values[i])
                     acc, n_acc = [{} for _ in runs], 0
-                    shown = {**_mean_over_runs(last_values), **_mean_over_runs([run.last_metrics for run in runs])}
-                    bar.update(step, display_names(shown))
+                    bar.update(step, _shown(_mean_over_runs([run.last_metrics for run in runs]),
+                                            _mean_over_runs(last_values)))
                 epoch = math.ceil(step / spe)
                 if end_of_epoch and epoch > first.epochs_ended:  # once per epoch, resumes included
+                    any_found = False
                     for i, run in enumerate(runs):
                         run.epochs_ended = epoch
                         with trainer.active(i):
@@ -862,6 +872,7 @@ def fit_runs(trainer: Any, resumes: list[Path | None], progress: bool = True) ->
                             for result in run.pm.hook.igan_epoch_end(run=run, epoch=epoch):
                                 found.update(result or {})
                             if found:
+                                any_found = True
                                 run.last_metrics = found
                                 metrics[i].write({"step": step, "epoch": step / spe, **found})
                                 run.pm.hook.igan_log(run=run, step=step, values=found)
@@ -870,6 +881,9 @@ def fit_runs(trainer: Any, resumes: list[Path | None], progress: bool = True) ->
                                 grid = run.run_dir / "samples" / f"epoch_{epoch:04d}.png"
                                 with writing(grid, _intact(run)):
                                     save_png(make_grid(images), grid, upscale=4 if max(images.shape[-2:]) < 64 else 1)
+                    if any_found:  # the epoch's metrics on the progress line (and a plain line with them)
+                        bar.update(step, _shown(_mean_over_runs([run.last_metrics for run in runs]),
+                                                _mean_over_runs(last_values)))
                     save_all()
                 elif end_of_epoch or (every and step % every == 0):
                     save_all()  # the end of training inside an epoch whose end already fired, or periodic
@@ -920,10 +934,12 @@ def _set_lr(trainer: Any, run: Run) -> None:
 
 
 def display_names(values: dict[str, float]) -> dict[str, float]:
-    """The names the progress line shows: the main losses ``loss/D``, ``loss/G`` as ``D``, ``G``; every
-    other name as logged, so two plugins' ``a/grad`` and ``b/grad`` never show as the same ``grad``."""
-    short = {k: k.removeprefix("loss/") if k in ("loss/D", "loss/G") else k for k in values}
-    clash = {n for n in short.values() if list(short.values()).count(n) > 1}
+    """The names the progress line shows: ``loss/`` dropped (``loss/D`` -> ``D``, ``loss/D/supervised`` ->
+    ``D/supervised``) unless the short name would be another value's; every other name as logged, so two
+    plugins' ``a/grad`` and ``b/grad`` never show as the same ``grad``."""
+    short = {k: k.removeprefix("loss/") for k in values}
+    names = list(short.values())
+    clash = {n for n in names if names.count(n) > 1}
     return {(k if short[k] in clash else short[k]): v for k, v in values.items()}
 
 
@@ -947,9 +963,34 @@ def _finished_results(run: Run) -> tuple[dict[str, float], dict[str, float]]:
         return {}, {}
 
 
+def _phase(runs: list[Run], label: str = "") -> str:
+    """What the progress line says is being trained: ``train``, ``semi-supervised`` or
+    ``supervised-only baseline``, with the seeds of a ``--parallel`` run or the caller's label."""
+    config = runs[0].config
+    if config.command == "semisup":
+        phase = "supervised-only baseline" if config.opt("supervised_only") else "semi-supervised"
+    else:
+        phase = config.command
+    if len(runs) > 1:
+        phase += f" seeds {runs[0].config.seed}-{runs[-1].config.seed}"
+    return f"{phase} {label}" if label else phase
+
+
+def _shown(metrics: dict[str, float], losses: dict[str, float]) -> dict[str, float]:
+    """The values of the progress line in the order they give way to a narrow terminal: the epoch
+    metrics (the numbers a run is judged by), D's and G's losses, then the technique terms; names as
+    ``display_names`` gives them."""
+    main = {k: losses[k] for k in ("loss/D", "loss/G") if k in losses}
+    rest = {k: v for k, v in losses.items() if k not in ("loss/D", "loss/G")}
+    # the log has every value; the line leaves out the test error's count and size (test_error says it)
+    # and the metrics' spreads
+    shown = {k: v for k, v in metrics.items() if k not in ("test_errors", "test_size") and not k.endswith("_std")}
+    return display_names({**shown, **main, **rest})
+
+
 def _mean_over_runs(values: list[dict[str, float]]) -> dict[str, float]:
     """What the progress bar shows: a run's own values for one run, each key's mean over the runs for K."""
-    keys = sorted({key for d in values for key in d})
+    keys = list(dict.fromkeys(key for d in values for key in d))  # in the order the hooks logged them
     return {key: statistics.fmean(d[key] for d in values if key in d) for key in keys}
 
 

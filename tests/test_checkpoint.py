@@ -13,7 +13,7 @@ from safetensors import safe_open
 import igan
 import igan.checkpoint
 from igan.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
-from igan.commands import restore_models
+from igan.restore import restore_models
 from igan.errors import IganError
 
 from conftest import TINY, assert_clean_error
@@ -343,7 +343,7 @@ def test_a_checkpoint_with_nan_weights_is_refused_by_sample_and_evaluate(trained
 
 
 def test_a_generator_that_outputs_nan_gives_no_samples(trained_run, tmp_path):
-    from igan.commands import restore_models
+    from igan.restore import restore_models
 
     restored = restore_models(trained_run.joinpath(*CKPT), "cpu")
     with torch.no_grad():  # finite weights whose outputs overflow: inf - inf in the batch norm

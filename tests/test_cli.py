@@ -131,6 +131,67 @@ def test_sample_folder_of_pngs(run_cli, trained_run, tmp_path):
             assert img.size == (w, h)
 
 
+@pytest.mark.parametrize("name, fmt", [("grid.jpg", "JPEG"), ("grid.JPEG", "JPEG"), ("grid.webp", "WEBP"),
+                                       ("grid.png", "PNG")])
+def test_sample_grid_in_the_format_of_the_suffix(run_cli, trained_run, tmp_path, name, fmt):
+    from PIL import features
+
+    if fmt == "WEBP" and not features.check("webp"):
+        pytest.skip("this Pillow has no WebP support")
+    path = tmp_path / name
+    code, out, err = run_cli(["sample", _ckpt(trained_run), "-n", "16", "-o", path])
+    assert code == 0, err
+    assert out == f"{path}\n" and path.is_file()  # one file, not a folder named grid.jpg
+    with Image.open(path) as img:
+        img.load()
+        assert img.format == fmt and img.width == img.height and img.width > 4 * 8
+    assert [p.name for p in tmp_path.iterdir()] == [name]  # no temporary file left
+
+
+def test_sample_into_an_existing_folder_without_a_slash(run_cli, trained_run, tmp_path):
+    folder = tmp_path / "imgs.v2"  # a suffix, but a folder that exists: single images inside
+    folder.mkdir()
+    code, out, err = run_cli(["sample", _ckpt(trained_run), "-n", "3", "-o", folder])
+    assert code == 0, err
+    assert sorted(p.name for p in folder.iterdir()) == ["000000.png", "000001.png", "000002.png"]
+
+
+@pytest.mark.parametrize("name", ["grid.gif", "samples.tar"])
+def test_sample_refuses_a_suffix_it_cannot_write(run_cli, trained_run, tmp_path, name):
+    path = tmp_path / name
+    code, out, err = run_cli(["sample", _ckpt(trained_run), "-o", path])
+    assert_clean_error(code, out, err, 2, name, ".png", ".jpg", ".npz", f"{path}/")
+    assert not path.exists()
+
+
+def test_sample_grid_size_limit_applies_to_every_grid_format(run_cli, trained_run, tmp_path):
+    code, out, err = run_cli(["sample", _ckpt(trained_run), "-n", "5000", "-o", tmp_path / "big.jpg"])
+    assert_clean_error(code, out, err, 2, "5000", ".npz")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------------
+# models and image sizes
+
+
+def test_model_that_does_not_fit_the_dataset_is_a_usage_error(train_cli, tmp_path):
+    run = tmp_path / "run"
+    code, out, err = train_cli(run, "--model", "cifar_conv")
+    assert_clean_error(code, out, err, 2, "cifar_conv", "32x32", "8x8", "digits_mlp", "mnist_mlp")
+    assert "svhn_conv" not in err  # it is named only among the models that do not fit
+    assert "bug" not in err and not run.exists()
+
+
+def test_model_defs_state_their_image_sizes():
+    from igan.plugins import get_plugin_manager
+    from igan.train import model_registry
+
+    models = model_registry(get_plugin_manager())
+    assert models["cifar_conv"].image_sizes == ((32, 32),) and models["svhn_conv"].accepts((3, 32, 32))
+    assert not models["cifar_conv"].accepts((1, 8, 8))
+    assert models["mnist_mlp"].image_sizes is None and models["mnist_mlp"].accepts((1, 8, 8))
+
+
 # ------------------------------------------------------------------------------------------------
 # errors: one line of what went wrong, one hint, no traceback, the documented exit code
 
@@ -235,12 +296,142 @@ def test_igan_debug_shows_the_exception(run_cli, tmp_path, monkeypatch):
         run_cli(["sample", tmp_path / "nope.safetensors"])
 
 
-def test_no_arguments_shows_help_without_an_empty_error(run_cli):
+def test_no_arguments_shows_help_and_exits_0(run_cli):
     code, out, err = run_cli([])
-    assert "train" in out + err and "sample" in out + err  # the command list
-    assert code in (0, 2)
-    assert "Traceback" not in err
-    for line in err.splitlines():  # an error line, if any, must say something
-        assert line.strip() not in ("error:", "hint:"), err
-        if line.startswith("error:"):
-            assert line[len("error:"):].strip(), err
+    assert code == 0, err
+    assert "Usage: igan" in out and "train" in out and "sample" in out  # the help, with the command list
+    assert "error" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_version(run_cli, flag):
+    import igan
+
+    code, out, err = run_cli([flag])
+    assert code == 0, err
+    assert out == f"igan {igan.__version__}\n"  # data on stdout, one line, as `uv --version`
+
+
+def test_version_is_in_the_help(run_cli):
+    code, out, _ = run_cli(["--help"])
+    assert code == 0 and "--version" in out and "-V" in out
+
+
+# ------------------------------------------------------------------------------------------------
+# help text
+
+
+COMMANDS = ["train", "semisup", "sample", "evaluate", "report", "plugins"]
+
+
+def _help(run_cli, *args) -> str:
+    code, out, err = run_cli([*args, "--help"], env={"COLUMNS": "400"})  # one row per option
+    assert code == 0, err
+    return out
+
+
+def _rows(text: str) -> list[str]:
+    """The option rows of rich help panels: ``--flag  TYPE  help [default: x]``."""
+    return [line.strip(" │") for line in text.splitlines() if line.strip(" │").startswith(("-", "*"))]
+
+
+@pytest.mark.parametrize("command", [[], *[[c] for c in COMMANDS]])
+def test_flags_show_no_value_and_defaults_are_stated_once(run_cli, command):
+    text = _help(run_cli, *command)
+    rows = _rows(text)
+    assert rows, text
+    for row in rows:
+        assert "<bool>" not in row, row  # a flag takes no value: no `-h <bool>`
+        if "[default:" in row:
+            before = row.split("[default:")[0]
+            assert "default" not in before.lower(), f"default stated twice: {row}"
+
+
+def test_each_command_describes_its_own_options(run_cli):
+    train, semisup = _help(run_cli, "train"), _help(run_cli, "semisup")
+    for text, other in ((train, "semisup"), (semisup, "for train")):
+        assert not [row for row in _rows(text) if other in row], f"help mentions {other!r}"
+    fm_train = next(row for row in _rows(train) if row.startswith("--fm "))
+    fm_semisup = next(row for row in _rows(semisup) if row.startswith("--fm "))
+    assert "default: off" in fm_train and "default: on" in fm_semisup
+    assert "label" not in next(row for row in _rows(train) if row.startswith("--seeds "))
+    assert "--label-seed" in next(row for row in _rows(semisup) if row.startswith("--seeds "))
+
+
+def test_choices_are_listed_and_enforced(run_cli, train_cli, tmp_path):
+    rows = _rows(_help(run_cli, "train"))
+    for flag, choices in (("--g-loss", "ns|minimax"), ("--adam", "reference|torch"),
+                          ("--lr-schedule", "linear|cosine"), ("--fm-norm", "l2|l1"), ("--ls-g-target", "one|half")):
+        row = next(r for r in rows if r.startswith(flag + " "))
+        assert f"<{choices}>" in row, row
+    code, out, err = train_cli(tmp_path / "run", "--adam", "sgd")
+    assert_clean_error(code, out, err, 2, "--adam", "sgd", "reference")
+
+
+@pytest.mark.parametrize("command, usage", [("sample", "Usage: igan sample [OPTIONS] CHECKPOINT"),
+                                             ("evaluate", "Usage: igan evaluate [OPTIONS] INPUT"),
+                                             ("report", "Usage: igan report [OPTIONS] RUN_DIR...")])
+def test_usage_lines_name_the_arguments(run_cli, command, usage):
+    [line] = [line.strip() for line in _help(run_cli, command).splitlines() if "Usage:" in line]
+    assert line == usage  # CHECKPOINT, not {checkpoint}
+
+
+def test_command_list_has_one_line_descriptions(run_cli):
+    """Each command's description in `igan --help` is one sentence on one row (no hard line break)."""
+    commands = [line.strip(" │") for line in help_panels(_help(run_cli))["Commands"].splitlines()]
+    assert [c.split()[0] for c in commands] == COMMANDS
+    assert all(c.endswith(".") for c in commands), commands
+
+
+def test_option_of_a_disabled_builtin_plugin_says_it_is_disabled(train_cli, tmp_path):
+    run = tmp_path / "run"
+    code, out, err = train_cli(run, "--disable-plugin", "feature_matching", "--fm")
+    assert_clean_error(code, out, err, 2, "--fm", "feature_matching", "disabled")
+    assert "No such option" not in err
+
+
+def test_option_of_a_plugin_disabled_by_the_environment(run_cli, tmp_path):
+    code, out, err = run_cli(["train", "--steps", "2", *TINY, "--out", tmp_path / "run", "--mbd"],
+                             env={"IGAN_DISABLE_PLUGINS": "minibatch_discrimination"})
+    assert_clean_error(code, out, err, 2, "--mbd", "minibatch_discrimination", "IGAN_DISABLE_PLUGINS")
+    assert not (tmp_path / "run").exists()
+
+
+def _pty_stdout(args: list[str]) -> tuple[int, str, str]:
+    """Run ``python -m igan ARGS`` with stdout on a pseudo-terminal (stderr a pipe)."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "igan", *args], stdout=slave, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, env=env)
+    os.close(slave)
+    chunks = []
+    while True:
+        ready, _, _ = select.select([master], [], [], 0.1)
+        if ready:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        elif proc.poll() is not None:
+            break
+    os.close(master)
+    err = proc.stderr.read().decode()
+    return proc.wait(), b"".join(chunks).decode(errors="replace"), err
+
+
+def test_plugins_in_a_terminal_prints_the_table_once(run_cli):
+    code, tty_out, err = _pty_stdout(["plugins"])
+    assert code == 0, err
+    assert "feature_matching" in err and "hooks" in err  # the table
+    assert tty_out.strip() == ""  # not the names again
+    code, out, err = run_cli(["plugins"])  # stdout a pipe: the names, for scripts
+    assert code == 0 and "feature_matching" in out.split()

@@ -177,7 +177,7 @@ def test_a_captured_run_resumes_as_it_trains_straight_through(run_cli, tmp_path,
 
 def test_cuda_checkpoints_load_on_the_cpu_and_back(run_cli, tmp_path):
     from igan.checkpoint import load_checkpoint
-    from igan.commands import restore_models
+    from igan.restore import restore_models
 
     _semisup(run_cli, tmp_path / "gpu", steps=3)
     ckpt = _ckpt(tmp_path / "gpu")

@@ -117,6 +117,33 @@ def test_classifier_score_checkpoint_npz_and_folder_agree(digits_ckpt, tmp_path,
     assert retrained["mean"] == pytest.approx(res["mean"], rel=1e-9)
 
 
+def test_classifier_score_computes_the_real_reference_once(tmp_path, monkeypatch):
+    """--eval-every scores a run many times: the real images' features are computed at the first call only,
+    and the numbers are those of a fresh computation."""
+    import igan.metrics.classifier as clf_mod
+    from igan.datasets.digits import load_digits
+
+    ds = load_digits()
+    clf = clf_mod.load_classifier(ds)
+    train, test = _digits_uint8("train"), _digits_uint8("test")
+    samples = test.flip(0)[:100]
+    monkeypatch.setattr(clf_mod, "_REFERENCES", {})
+    seen = []
+    real = clf_mod.classifier_outputs
+    monkeypatch.setattr(clf_mod, "classifier_outputs", lambda m, x, **kw: (seen.append(x.shape[0]), real(m, x, **kw))[1])
+    first = clf_mod.classifier_score(clf, samples, train, test, 5)
+    assert seen == [100, 297, 1500]
+    second = clf_mod.classifier_score(clf, samples, train, test, 5)
+    assert seen == [100, 297, 1500, 100]  # the samples only
+    assert second == first
+    # what the uncached formula gives
+    feats, _ = real(clf.model, samples)
+    test_feats, _ = real(clf.model, test)
+    assert first["fd"] == clf_mod._fd(feats, test_feats)
+    monkeypatch.setattr(clf_mod, "_REFERENCES", {})
+    assert clf_mod.classifier_score(clf, samples, train, test, 5) == first
+
+
 def test_classifier_score_of_real_and_constant_images(tmp_path, run_cli):
     # Real test digits: confident and balanced predictions, a score near the class count (10), and a
     # Fréchet distance of zero to the test set (they are the test set).
@@ -152,12 +179,55 @@ def test_classifier_score_errors(tmp_path, run_cli):
 
 
 # --------------------------------------------------------------------------------------------------
+# Without --metric: the metric that works for the input, offline
+
+
+def test_default_metric_of_a_digits_checkpoint_is_the_offline_classifier_score(digits_ckpt, run_cli):
+    code, out, err = run_cli(["evaluate", digits_ckpt, "--device", "cpu", "--json"])
+    res = _json(code, out, err)
+    assert res["metric"] == "classifier-score" and res["n"] == 10_000  # its own sample count, not IS's 50,000
+    assert "generating 10000 samples" in err and "50000" not in err
+    assert "metric: classifier-score" in err  # says which metric it chose, and how to choose another
+    assert "--metric" in err
+    explicit = _json(*run_cli(["evaluate", digits_ckpt, "--metric", "classifier-score", "--device", "cpu", "--json"]))
+    assert explicit["mean"] == res["mean"] and explicit["fd"] == res["fd"]
+
+
+def test_default_metric_of_a_semisup_checkpoint_is_its_test_error(tmp_path, run_cli):
+    code, out, err = run_cli(["semisup", "--steps", "2", *TINY, "--no-baseline", "--out", tmp_path / "ss"])
+    assert code == 0, err
+    res = _json(*run_cli(["evaluate", tmp_path / "ss" / "checkpoints" / "last.safetensors", "--device", "cpu",
+                          "--json"]))
+    assert res["metric"] == "error" and res["n"] == 297 and "test_errors" in res
+
+
+def test_default_metric_of_files_follows_the_dataset(tmp_path, run_cli):
+    from igan.evaluate import default_metric
+
+    images = _write_npz(tmp_path / "x.npz", _digits_uint8("test")[:20])
+    res = _json(*run_cli(["evaluate", images, "--dataset", "digits", "--splits", "2", "--json"]))
+    assert res["metric"] == "classifier-score"
+    assert default_metric(None, "mnist") == "classifier-score"
+    assert default_metric(None, "cifar10") == default_metric(None, None) == "is"
+    # an image file of an unknown dataset: the Inception Score, whose missing weights are reported
+    code, out, err = run_cli(["evaluate", images, "--splits", "2"])
+    assert_clean_error(code, out, err, 1, "Inception weights", "--inception-weights")
+
+
+def test_missing_inception_weights_are_found_before_any_sample_is_generated(digits_ckpt, run_cli):
+    code, out, err = run_cli(["evaluate", digits_ckpt, "--metric", "is", "--device", "cpu"])
+    assert_clean_error(code, out, err, 1, "Inception weights", "--inception-weights PATH")
+    assert "generating" not in err  # not 50,000 samples first
+    assert "the path argument" not in err
+
+
+# --------------------------------------------------------------------------------------------------
 # The semi-supervised test error
 
 
 def test_error_of_semisup_checkpoint_uses_the_ema(tmp_path, run_cli, digits_ckpt):
     from igan.checkpoint import prefixed
-    from igan.commands import restore_models
+    from igan.restore import restore_models
     from igan.datasets.digits import load_digits
     from igan.techniques.semisup import test_errors
 
@@ -187,7 +257,9 @@ def test_error_of_semisup_checkpoint_uses_the_ema(tmp_path, run_cli, digits_ckpt
     # and files have no discriminator at all
     images = _write_npz(tmp_path / "x.npz", torch.zeros(4, 1, 8, 8, dtype=torch.uint8))
     code, out, err = run_cli(["evaluate", images, "--metric", "error"])
-    assert_clean_error(code, out, err, 2, "checkpoint")
+    assert_clean_error(code, out, err, 2, "checkpoint", "not an .npz of images")
+    code, out, err = run_cli(["evaluate", tmp_path, "--metric", "error"])
+    assert_clean_error(code, out, err, 2, "not a folder of images")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -334,7 +406,7 @@ def test_ensemble_errors_by_hand():
 
 
 def test_evaluate_a_seeds_folder_gives_per_seed_and_ensemble_errors(run_cli, tmp_path, single_thread):
-    from igan.commands import restore_models
+    from igan.restore import restore_models
     from igan.datasets.digits import load_digits
     from igan.ensemble import test_probabilities
     from igan.evaluate import evaluation_discriminator

@@ -360,7 +360,7 @@ def test_bad_environment_is_a_usage_error(env, needles, tmp_path, train_cli, mon
 
 
 def test_the_last_resort_handler_imports_nothing_and_cannot_fail(run_cli, monkeypatch):
-    import igan.cli
+    import igan.cli.app
 
     class Unprintable(Exception):
         def __str__(self):
@@ -370,7 +370,7 @@ def test_the_last_resort_handler_imports_nothing_and_cannot_fail(run_cli, monkey
         def broken_app(*a, exc=exc, **k):
             raise exc
 
-        monkeypatch.setattr(igan.cli, "build_app", broken_app)
+        monkeypatch.setattr(igan.cli.app, "build_app", broken_app)
         monkeypatch.setitem(sys.modules, "igan.train", None)  # a module that fails to import, as it did
         code, out, err = run_cli(["plugins"])
         assert_clean_error(code, out, err, 1, needle, "bug in igan")

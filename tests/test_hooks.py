@@ -37,7 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 SPY_HOOKS = [
     "igan_configure", "igan_modify_models", "igan_train_start", "igan_label_targets",
     "igan_discriminator_loss", "igan_extra_loss", "igan_after_optimizer_step", "igan_generator_loss",
-    "igan_log", "igan_epoch_end", "igan_sampling_generator", "igan_checkpoint_tensors", "igan_train_end",
+    "igan_log", "igan_epoch_end", "igan_sampling_generator", "igan_checkpoint_tensors", "igan_after_checkpoint",
+    "igan_train_end",
 ]
 
 
@@ -112,6 +113,11 @@ class Spy:
         self.calls.append(("igan_checkpoint_tensors", run.step))
 
     @hookimpl
+    def igan_after_checkpoint(self, run, path):
+        assert path.is_file()  # on disk already
+        self.calls.append(("igan_after_checkpoint", run.step, path.name))
+
+    @hookimpl
     def igan_train_end(self, run):
         self.calls.append(("igan_train_end", run.step))
 
@@ -135,7 +141,8 @@ def test_spy_records_documented_hook_order(tmp_path):
     # the epoch ends with the last step: its metrics are logged, the grid is drawn, then the checkpoint
     # is written
     expected += [("igan_epoch_end", 1, 2), ("igan_log", 2, ("spy_score",)), ("igan_sampling_generator", 2),
-                 ("igan_checkpoint_tensors", 2), ("igan_train_end", 2)]
+                 ("igan_checkpoint_tensors", 2), ("igan_after_checkpoint", 2, "last.safetensors"),
+                 ("igan_train_end", 2)]
     assert spy.calls == expected
     # the spy implements exactly the hooks listed in SPY_HOOKS, all of them real specs
     implemented = sorted(c.name for c in run.pm.get_hookcallers(spy))
@@ -499,7 +506,7 @@ def test_hook_igan_sampling_generator(tmp_path):
 
 
 def test_hook_igan_prepare_inference(tmp_path):
-    from igan.commands import restore_models
+    from igan.restore import restore_models
 
     class Stamp:
         """Saves a tensor with every checkpoint; at inference, replaces G by a constant generator."""

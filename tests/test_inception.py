@@ -320,7 +320,7 @@ def test_missing_weights_names_all_places(clean_env, tmp_path) -> None:
     with pytest.raises(IganError) as info:
         load_inception()
     message = str(info.value)
-    assert "explicit weights path" in message and inc.WEIGHTS_ENV in message and str(clean_env) in message
+    assert "--inception-weights PATH" in message and inc.WEIGHTS_ENV in message and str(clean_env) in message
     assert "--download" in info.value.hint
     with pytest.raises(IganError, match="not found"):
         load_inception(path=tmp_path / "absent.pth")

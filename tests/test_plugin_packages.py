@@ -88,7 +88,7 @@ def test_sn_trains_with_fm_its_flags_have_their_own_panel_and_u_v_reload(run_cli
     assert ckpt.is_file()
 
     # igan sample / evaluate rebuild the model (igan_modify_models runs again) and load _u/_v back.
-    from igan.commands import restore_models
+    from igan.restore import restore_models
 
     saved = load_file(ckpt)
     restored = restore_models(ckpt, "cpu").models.discriminator.state_dict()
@@ -111,7 +111,7 @@ def test_g_ema_checkpoint_holds_the_average_and_sample_uses_it(train_cli, tmp_pa
     assert any(not torch.equal(tensors[prefix + "ema." + k], tensors["G." + k]) for k in g_keys)
 
     # igan sample / evaluate load G.*, then the plugin's igan_prepare_inference puts the average in G
-    from igan.commands import restore_models
+    from igan.restore import restore_models
 
     state = restore_models(ckpt, "cpu").models.generator.state_dict()
     assert sorted(state) == sorted(g_keys)

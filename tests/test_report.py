@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
@@ -146,6 +147,60 @@ def test_report_of_one_run(runs, run_cli, mpl):
     assert "--fm" in text and "--ha" in text  # techniques on, in the runs table
 
 
+def test_loss_plots_are_what_the_page_says(runs, run_cli, mpl, monkeypatch, tmp_path):
+    """"Thin faint lines are the raw values, thick lines their moving average": two lines per run in each
+    loss plot; the metrics (one point per epoch end) are plotted as they are."""
+    import igan.report as report
+
+    drawn = []
+    real = report.draw_panels
+
+    def spy(panels, *args, **kwargs):
+        fig = real(panels, *args, **kwargs)
+        drawn.append((panels, kwargs.get("smooth", True), fig))
+        return fig
+
+    monkeypatch.setattr(report, "draw_panels", spy)
+    code, out, err = run_cli(["report", runs["fm"], runs["plain"], "-o", tmp_path / "r.html"])
+    assert code == 0, err
+    text = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "Thin faint lines are the raw values" in text and "thick lines their moving average" in text
+    losses = next(fig for panels, smooth, fig in drawn if panels[0][0] == "loss/D")
+    for ax, (title, lines) in zip(losses.axes, next(p for p, _, _ in drawn if p[0][0] == "loss/D")):
+        assert len(ax.lines) == 2 * len(lines) == 4, title  # two runs, raw + average each
+        for raw, avg, line in zip(ax.lines[::2], ax.lines[1::2], lines):
+            assert list(raw.get_ydata()) == line.y and raw.get_alpha() < 1 and raw.get_linewidth() < avg.get_linewidth()
+            assert list(avg.get_ydata()) == report._smooth(line.y) != line.y
+    assert [smooth for panels, smooth, _ in drawn if panels[0][0].startswith("loss/")] == [True, True]
+
+
+def test_moving_average_is_a_debiased_ema():
+    from igan.report import _smooth
+
+    w = 0.6  # the weight of a short curve
+    ys = [1.0, 3.0, 2.0]
+    num = [(1 - w) * 1.0, w * (1 - w) * 1.0 + (1 - w) * 3.0]
+    den = [1 - w, 1 - w * w]
+    assert _smooth(ys)[:2] == pytest.approx([n / d for n, d in zip(num, den)])
+    assert _smooth(ys)[0] == 1.0  # debiased: the first value is itself
+    assert _smooth([float("nan"), 2.0]) [1] == 2.0
+
+
+def test_sample_grids_open_full_size_on_click(runs, run_cli, mpl, tmp_path):
+    code, out, err = run_cli(["report", runs["fm"], "-o", tmp_path / "r.html"])
+    assert code == 0, err
+    text = (tmp_path / "r.html").read_text(encoding="utf-8")
+    page = Page(text)
+    _self_contained(text, page)  # no script, still
+    samples = text.split('id="samples"')[1].split("</section>")[0]
+    grids = samples.count('class="sample"')
+    assert grids >= 1
+    # each grid is the summary of a <details>: a click opens it, and the CSS shows an open one full size
+    assert samples.count('<details class="zoom"><summary') == grids
+    assert re.search(r"details\.zoom\[open\] > summary \{[^}]*position: fixed", text)
+    assert re.search(r"details\.zoom\[open\] > summary img \{[^}]*height: min\(92vh", text)
+
+
 def test_report_of_semisup_seeds(runs, run_cli, mpl, tmp_path):
     out_file = tmp_path / "ss.html"
     code, out, err = run_cli(["report", runs["ss"], "-o", out_file])
@@ -215,9 +270,9 @@ def test_plain_progress_has_no_control_characters(tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "\x1b" not in err and "\r" not in err, repr(err[:300])
-    lines = [line for line in err.splitlines() if line.startswith("step ")]
+    lines = [line for line in err.splitlines() if line.startswith("train ")]
     assert len(lines) == 2, err
-    assert lines[-1].startswith("step 2/2 ") and " it/s eta " in lines[-1] and " D=" in lines[-1]
+    assert lines[-1].startswith("train epoch 1/1 step 2/2 ") and " it/s eta " in lines[-1] and " D=" in lines[-1]
 
 
 def test_report_of_train_seeds_base_directory(run_cli, mpl, tmp_path):

@@ -18,8 +18,9 @@ import pytest
 import torch
 
 from igan.checkpoint import load_checkpoint
-from igan.cli import main, make_config
-from igan.commands import restore_models
+from igan.cli import main
+from igan.cli.training import make_config
+from igan.restore import restore_models
 from igan.config import RunConfig
 from igan.layers import (BatchNormNoScale, GaussianNoise, MinibatchDiscrimination, VBNGenerator,
                          VirtualBatchNorm, is_weight_normed)
@@ -430,8 +431,8 @@ def test_virtual_batchnorm_default_reference_size_is_batch_size(tmp_path: Path) 
     (["--fm-norm", "l1"], "--fm-norm given without feature matching"),
     (["--ls", "--ls-alpha", "1.5"], "--ls-alpha must be in (0, 1]"),
     (["--ls", "--ls-alpha", "0"], "--ls-alpha must be in (0, 1]"),
-    (["--fm", "--fm-norm", "l3"], "--fm-norm must be one of l2, l1"),
-    (["--g-loss", "foo"], "--g-loss must be 'ns' or 'minimax'"),
+    (["--fm", "--fm-norm", "l3"], "Invalid value for '--fm-norm': 'l3' is not one of 'l2', 'l1'."),
+    (["--g-loss", "foo"], "Invalid value for '--g-loss': 'foo' is not one of 'ns', 'minimax'."),
 ])
 def test_bad_combinations_are_usage_errors(tmp_path: Path, capsys, argv: list[str], message: str) -> None:
     out = tmp_path / "run"

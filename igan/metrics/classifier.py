@@ -213,7 +213,8 @@ def _load(path: Path, image_shape: tuple[int, int, int], num_classes: int, recip
         if meta.get("recipe_version") != str(RECIPE_VERSION) or meta.get("recipe") != repr(asdict(recipe)):
             return None
         state = load_file(str(path), device="cpu")
-        model = PixelMLP(image_shape, recipe.hidden, num_classes)
+        with torch.random.fork_rng(devices=[]):  # its initial weights are overwritten: draw them off the record
+            model = PixelMLP(image_shape, recipe.hidden, num_classes)
         model.load_state_dict(state, strict=True)
     except Exception:  # noqa: BLE001 - a damaged cache file is retrained, never fatal
         return None
@@ -282,6 +283,35 @@ def _fd(a: Tensor, b: Tensor) -> float | None:
     return frechet_distance(*feature_statistics(a), *feature_statistics(b))
 
 
+# The real data's side of the score (features of up to 70,000 real images) is the same at every call
+# with the same classifier file and images: ``--eval-every`` scores a run many times, so it is kept.
+_REFERENCES: dict[tuple, tuple[Any, Tensor, Tensor]] = {}
+_MAX_REFERENCES = 4
+
+
+def _reference(clf: Classifier, real_train: Tensor, real_test: Tensor, splits: int,
+               device: torch.device | str | None) -> tuple[dict[str, Any], Tensor, Tensor]:
+    """The real-data reference and the real test features' (mean, covariance), computed once per
+    classifier file (path, size and time: a retrained one is new) and real images (their hashes)."""
+    stat = clf.path.stat() if clf.path.is_file() else None
+    key = (str(clf.path), stat.st_size if stat else None, stat.st_mtime_ns if stat else id(clf.model),
+           data_key(real_train, torch.zeros(0)), data_key(real_test, torch.zeros(0)), splits, str(device))
+    if key not in _REFERENCES:
+        test_feats, test_logits = classifier_outputs(clf.model, real_test, device=device)
+        train_feats, _ = classifier_outputs(clf.model, real_train, device=device)
+        reference: dict[str, Any] = {"mean": None, "std": None, "fd": _fd(test_feats, train_feats),
+                                     "n": int(real_test.shape[0]), "n_train": int(real_train.shape[0])}
+        if real_test.shape[0] >= splits:
+            reference["mean"], reference["std"] = inception_score(test_logits, splits,
+                                                                  shuffle_seed=REAL_SHUFFLE_SEED)
+        mu, sigma = feature_statistics(test_feats) if test_feats.shape[0] >= 2 else (None, None)
+        if len(_REFERENCES) >= _MAX_REFERENCES:
+            _REFERENCES.pop(next(iter(_REFERENCES)))
+        _REFERENCES[key] = (reference, mu, sigma)
+    reference, mu, sigma = _REFERENCES[key]
+    return dict(reference), mu, sigma
+
+
 def classifier_score(clf: Classifier, images: Tensor, real_train: Tensor, real_test: Tensor, splits: int,
                      device: torch.device | str | None = None) -> dict[str, Any]:
     """Score uint8 ``images`` with ``clf``, and real test data as the reference (see the module doc)."""
@@ -293,16 +323,11 @@ def classifier_score(clf: Classifier, images: Tensor, real_train: Tensor, real_t
                         f"(C, H, W), got {list(images.shape[1:])}",
                         hint=f"score {clf.dataset} samples, or pass the --dataset these images belong to")
     feats, logits = classifier_outputs(clf.model, images, device=device)
-    test_feats, test_logits = classifier_outputs(clf.model, real_test, device=device)
-    train_feats, _ = classifier_outputs(clf.model, real_train, device=device)
+    reference, mu_test, sigma_test = _reference(clf, real_train, real_test, splits, device)
     mean, std = inception_score(logits, splits)
-    reference: dict[str, Any] = {"mean": None, "std": None, "fd": _fd(test_feats, train_feats),
-                                 "n": int(real_test.shape[0]), "n_train": int(real_train.shape[0])}
-    if real_test.shape[0] >= splits:
-        reference["mean"], reference["std"] = inception_score(test_logits, splits,
-                                                              shuffle_seed=REAL_SHUFFLE_SEED)
-    return {"mean": mean, "std": std, "fd": _fd(feats, test_feats), "reference": reference,
-            "classifier": clf.info()}
+    fd = (frechet_distance(*feature_statistics(feats), mu_test, sigma_test)
+          if feats.shape[0] >= 2 and mu_test is not None else None)
+    return {"mean": mean, "std": std, "fd": fd, "reference": reference, "classifier": clf.info()}
 
 
 def classifier_score_metric(images: Tensor, context: dict[str, Any]) -> dict[str, Any]:
@@ -317,7 +342,9 @@ def classifier_score_metric(images: Tensor, context: dict[str, Any]) -> dict[str
         raise IganError(f"there is no offline classifier for dataset {name!r} (only for "
                         f"{', '.join(sorted(RECIPES))})",
                         hint="use --metric is (or fid) for other datasets; they use the Inception network")
-    ds, _ = load_dataset(context["pm"], name, context.get("data_dir"), bool(context.get("download")))
+    ds = context.get("dataset_obj")  # the loaded dataset, when the caller has it (training)
+    if ds is None or ds.name != name:
+        ds, _ = load_dataset(context["pm"], name, context.get("data_dir"), bool(context.get("download")))
     if ds.x_test is None:
         raise IganError(f"dataset {name!r} has no test split, which the classifier score's reference needs",
                         hint="use a dataset with a test split")

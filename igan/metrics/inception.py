@@ -372,7 +372,7 @@ def hub_weights_path() -> Path:
 
 
 def _places_text() -> str:
-    return (f"(1) an explicit weights path (the path argument), "
+    return (f"(1) a file given with --inception-weights PATH (from Python: load_inception(path)), "
             f"(2) the environment variable {WEIGHTS_ENV}, "
             f"(3) the torch hub cache {hub_weights_path()}")
 
@@ -419,8 +419,8 @@ def _resolve_weights(path: str | os.PathLike[str] | None, download: bool) -> Pat
         candidate = Path(path).expanduser()
         if not candidate.is_file():
             raise IganError(f"Inception weights file not found: {candidate}",
-                            hint=f"point it at {WEIGHTS_FILENAME}; other places searched when no path "
-                                 f"is given: {WEIGHTS_ENV}, {hub_weights_path()}")
+                            hint=f"point --inception-weights at {WEIGHTS_FILENAME}; without it igan looks in "
+                                 f"{WEIGHTS_ENV}, then {hub_weights_path()}")
         return candidate
     env = os.environ.get(WEIGHTS_ENV, "")
     if env:

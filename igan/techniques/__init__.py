@@ -1,5 +1,6 @@
 """The paper's techniques as built-in plugins, one module each, registered through the ``igan``
-entry-point group exactly like third-party plugins (see pyproject.toml)."""
+entry-point group exactly like third-party plugins (see pyproject.toml); beside them, two built-in
+plugins that only watch a run: ``tensorboard`` (``--tensorboard``) and ``evaluation`` (``--eval-every``)."""
 
 from __future__ import annotations
 

@@ -30,8 +30,9 @@ def default_norm(model: str | None) -> str:
 
 @hookimpl
 def igan_addoption(parser):
-    parser.add("fm", bool, None, flag="--fm/--no-fm",
-               help="feature matching G loss (§3.1) (default: on for semisup, off for train)")
+    parser.add("fm", bool, None, flag="--fm/--no-fm", help="feature matching G loss (§3.1) (default: off)",
+               help_for={"semisup": "feature matching G loss (§3.1), the generator loss behind the paper's "
+                                    "Tables 1-2 (default: on; --no-fm for the plain G loss)"})
     parser.add("fm_norm", str, None, choices=("l2", "l1"),
                help="l2: mean squared (MNIST reference); l1: mean absolute (CIFAR/SVHN reference) "
                     "(default: l2 for MLPs, l1 for conv nets)")

@@ -46,7 +46,7 @@ def igan_addoption(parser):
                help="number of labelled examples, class-balanced (default: 100 mnist, 4000 cifar10, "
                     "1000 svhn, 50 digits, else 10 per class)")
     parser.add("label_seed", int, 1, min=0, max=SEED_MAX, commands=SEMISUP, panel=panel,
-               help="seed of the labelled split (reference seed_data, default 1)")
+               help="seed of the labelled split (the reference's seed_data)")
     parser.add("unlabeled_weight", float, 1.0, min=0.0, commands=SEMISUP, panel=panel,
                help="weight w of the unsupervised loss")
     parser.add("ema_decay", float, 0.9999, min=0.0, max=1.0, commands=SEMISUP, panel=panel,

@@ -1,4 +1,4 @@
-"""The commands besides ``train``: ``sample`` and ``plugins`` (``semisup`` and ``evaluate`` plug in here).
+"""Rebuild a checkpoint's model pair for ``igan sample`` and ``igan evaluate``.
 
 ``sample`` and ``evaluate`` rebuild the exact model from a checkpoint's metadata: the model registry
 entry, its kwargs and the run's technique options (``igan_modify_models`` runs again, because MBD and
@@ -7,18 +7,15 @@ VBN change the architecture), then load the weights straight onto the target dev
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import torch
-import typer
 
-from igan.config import SEED_MAX
-from igan.errors import IganError, UsageError
+from igan.errors import IganError
 
-__all__ = ["register_builtin", "Restored", "restore_models"]
+__all__ = ["Restored", "restore_models"]
 
 
 @dataclass
@@ -106,80 +103,3 @@ def restore_models(path: Path, device_name: str = "auto", pm=None) -> Restored:
     models.generator.to(device)
     models.discriminator.to(device).eval()  # noise/dropout off; G keeps batch statistics (reference)
     return Restored(models, config, meta, tensors, device, Path(path))
-
-
-def sample(
-    checkpoint: Annotated[Path, typer.Argument(
-        help="a .safetensors checkpoint written by igan, or a run directory (its last checkpoint)")],
-    n: Annotated[int, typer.Option("-n", "--n", min=1, help="number of images")] = 64,
-    out: Annotated[Path, typer.Option("-o", "--out", help="grid.png, images.npz, or a folder for PNGs")] = Path(
-        "samples.png"),
-    seed: Annotated[int, typer.Option("--seed", min=0, max=SEED_MAX, help="noise seed")] = 0,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda")] = "auto",
-) -> None:
-    """Write samples from a checkpoint: a PNG grid, an .npz of uint8 NHWC images, or a folder of PNGs."""
-    from igan.fileio import make_dirs, remove_created, writing
-    from igan.images import save_images
-
-    folder = out.suffix.lower() not in (".png", ".npz")
-    created = make_dirs(out if folder else out.parent, "-o folder")  # before any work: a file there, read-only, ...
-    try:
-        restored = restore_models(checkpoint, device)
-        if out.suffix.lower() == ".png" and n > 4096:
-            raise UsageError(f"a grid of {n} images is too large", hint="write an .npz or a folder for many samples")
-        with writing(out):
-            if not folder:
-                save_images(torch.cat(list(restored.generate(n, seed))), out)
-            else:
-                written = 0
-                for chunk in restored.generate(n, seed):
-                    save_images(chunk, out, start=written)
-                    written += chunk.shape[0]
-    except BaseException:
-        remove_created(created)
-        raise
-    print(out)
-
-
-def plugins(as_json: Annotated[bool, typer.Option("--json", help="print JSON on stdout")] = False) -> None:
-    """List plugins: name, version, source, hooks implemented (and broken ones with their error)."""
-    from rich.table import Table
-
-    from igan.console import stderr
-    from igan.plugins import get_plugin_manager, plugin_infos
-
-    from igan.cli import core_owned
-
-    rows = plugin_infos(get_plugin_manager(reserved=core_owned(), strict=False))  # broken ones are listed
-    if as_json:
-        print(json.dumps([{"name": r.name, "version": r.version, "source": r.source, "module": r.module,
-                           "hooks": r.hooks, "run_hooks": {cls: hooks for cls, hooks in r.run_hooks},
-                           "affects_inference": r.affects_inference, "error": r.error} for r in rows], indent=2))
-        return
-    table = Table("name", "version", "source", "hooks")
-
-    def short(hooks: list[str]) -> str:
-        return ", ".join(h.removeprefix("igan_") for h in hooks)
-
-    for r in rows:
-        if r.error:
-            table.add_row(r.name, r.version, r.source, f"[red]broken: {r.error}[/]")
-            continue
-        # the hooks of the objects the plugin registers per run (igan_configure) fire during the run
-        per_run = "".join(f"\nper run ({cls}): {short(hooks)}" for cls, hooks in r.run_hooks)
-        table.add_row(r.name, r.version, r.source, short(r.hooks) + per_run)
-    stderr.print(table)
-    print("\n".join(r.name for r in rows))
-
-
-def register_builtin(app: typer.Typer, pms, parser, training_command) -> None:
-    app.command("sample")(sample)
-    app.command("plugins")(plugins)
-    from igan import evaluate
-    evaluate.register(app, pms)
-    from igan import semisup_cli
-
-    semisup_cli.register(app, pms, parser, training_command)
-    from igan import report
-
-    report.register(app)

@@ -10,13 +10,16 @@ unlabelled data is visible in one command.
 from __future__ import annotations
 
 import copy
-import json
 import inspect
+import json
 import statistics
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+
+from igan.cli.runs import seed_configs, seeds_base, train_configs
+from igan.cli.training import _training_command
 
 __all__ = ["register", "run_semisup"]
 
@@ -32,7 +35,6 @@ def _summarise(summary: dict[str, Any], config) -> dict[str, Any]:
 
 
 def run_semisup(config, pms, seeds: int = 1, baseline: bool | None = None, parallel: bool = False) -> dict[str, Any]:
-    from igan.cli import seed_configs, seeds_base, train_configs
     from igan.console import stderr
     from igan.techniques.semisup import labels_for
 
@@ -93,24 +95,16 @@ def _print_table(result: dict[str, Any], n_test: int | None, console) -> None:
     console.print(table)
 
 
-def register(app: typer.Typer, pms, parser, training_command) -> None:
-    base = training_command("semisup", pms, parser,
-                            "Semi-supervised learning with the K+1 discriminator (paper §5); prints the test error.")
-    signature = inspect.signature(base)
-
-    pms.runners["semisup"] = lambda config, p, seeds=1, parallel=False, baseline=None: run_semisup(
-        config, p, seeds, baseline, parallel)
-
-    def semisup(**values: Any) -> None:
-        base(**values)  # --baseline reaches the runner with the other settings (also from --config)
-
+def register(app: typer.Typer, pms, parser) -> None:
     P = inspect.Parameter
     extra = [
         P("baseline", P.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[bool], typer.Option(
             "--baseline/--no-baseline", rich_help_panel=PANEL,
             help="also train the supervised-only baseline (default: on for digits)")]),
     ]
-    semisup.__signature__ = signature.replace(parameters=list(signature.parameters.values()) + extra)
-    semisup.__doc__ = base.__doc__
+    semisup = _training_command(
+        "semisup", pms, parser, "Semi-supervised learning with the K+1 discriminator (paper §5); prints the test error.",
+        lambda config, p, seeds=1, parallel=False, baseline=None: run_semisup(config, p, seeds, baseline, parallel),
+        extra)
     app.command("semisup", epilog="Example: igan semisup --dataset mnist --data-dir data/mnist --labels 100 "
                 "--seeds 10 --parallel")(semisup)
