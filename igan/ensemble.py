@@ -60,9 +60,8 @@ def ensemble_errors(probabilities: list[torch.Tensor], y: torch.Tensor) -> tuple
 def ensemble_test_error(folder: Path, data_dir: str | None = None, download: bool = False, n: int | None = None,
                         device: str = "auto", pm=None) -> dict[str, Any]:
     """The per-seed and ensemble test errors of the semi-supervised runs in ``folder``."""
-    from igan.restore import restore_models
     from igan.datasets import load_dataset
-    from igan.evaluate import evaluation_discriminator
+    from igan.restore import evaluation_discriminator, restore_models
 
     runs = seed_checkpoints(folder)
     if not runs:

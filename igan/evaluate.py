@@ -15,7 +15,6 @@ dict`` with at least ``mean`` (and ``std`` where defined); ``context`` is descri
 :func:`make_context`. See docs/metrics.md ("igan evaluate").
 """
 
-import copy
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -325,37 +324,11 @@ def fid_metric(images: torch.Tensor, context: dict[str, Any]) -> dict[str, Any]:
 # The semi-supervised test error
 
 
-def evaluation_discriminator(restored):
-    """The discriminator a semi-supervised checkpoint is tested with: the moving average of D when the
-    checkpoint holds it (``plugin.semisup.run.ema.*``), else D's own weights; eval mode, on its device.
-    Returns (module, whether the average was used)."""
-    from igan.checkpoint import prefixed
-    from igan.console import warn
-
-    config = restored.config
-    if config.command != "semisup":
-        raise IganError(f"this checkpoint is of an unsupervised `igan {config.command}` run: its discriminator "
-                        "has no class logits to measure a test error with",
-                        hint="use a checkpoint of `igan semisup`, or a sample-quality metric "
-                             "(--metric classifier-score, is, fid)")
-    d = restored.models.discriminator
-    ema_state = prefixed(restored.tensors, "plugin.semisup.run.ema")
-    if ema_state:
-        d = copy.deepcopy(d)
-        try:
-            d.load_state_dict(ema_state)
-        except RuntimeError as exc:
-            raise IganError(f"the moving average of D in the checkpoint does not fit D: "
-                            f"{str(exc).splitlines()[0]}", hint="the checkpoint may be damaged") from exc
-    else:
-        warn("the checkpoint holds no moving average of D (plugin.semisup.run.ema.*); using D's own weights")
-    return d.to(restored.device).eval(), bool(ema_state)
-
-
 def checkpoint_test_error(restored, data_dir: str | None = None, download: bool = False, n: int | None = None,
                           pm=None) -> dict[str, Any]:
     """Test error of a semi-supervised checkpoint, with the EMA of D when the checkpoint holds it."""
     from igan.datasets import load_dataset
+    from igan.restore import evaluation_discriminator
     from igan.techniques.semisup import test_errors
 
     config = restored.config

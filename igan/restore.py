@@ -15,7 +15,7 @@ import torch
 
 from igan.errors import IganError
 
-__all__ = ["Restored", "restore_models"]
+__all__ = ["Restored", "restore_models", "evaluation_discriminator"]
 
 
 @dataclass
@@ -103,3 +103,32 @@ def restore_models(path: Path, device_name: str = "auto", pm=None) -> Restored:
     models.generator.to(device)
     models.discriminator.to(device).eval()  # noise/dropout off; G keeps batch statistics (reference)
     return Restored(models, config, meta, tensors, device, Path(path))
+
+
+def evaluation_discriminator(restored):
+    """The discriminator a semi-supervised checkpoint is tested with: the moving average of D when the
+    checkpoint holds it (``plugin.semisup.run.ema.*``), else D's own weights; eval mode, on its device.
+    Returns (module, whether the average was used)."""
+    import copy
+
+    from igan.checkpoint import prefixed
+    from igan.console import warn
+
+    config = restored.config
+    if config.command != "semisup":
+        raise IganError(f"this checkpoint is of an unsupervised `igan {config.command}` run: its discriminator "
+                        "has no class logits to measure a test error with",
+                        hint="use a checkpoint of `igan semisup`, or a sample-quality metric "
+                             "(--metric classifier-score, is, fid)")
+    d = restored.models.discriminator
+    ema_state = prefixed(restored.tensors, "plugin.semisup.run.ema")
+    if ema_state:
+        d = copy.deepcopy(d)
+        try:
+            d.load_state_dict(ema_state)
+        except RuntimeError as exc:
+            raise IganError(f"the moving average of D in the checkpoint does not fit D: "
+                            f"{str(exc).splitlines()[0]}", hint="the checkpoint may be damaged") from exc
+    else:
+        warn("the checkpoint holds no moving average of D (plugin.semisup.run.ema.*); using D's own weights")
+    return d.to(restored.device).eval(), bool(ema_state)

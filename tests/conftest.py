@@ -107,6 +107,42 @@ def igan_subprocess(args, *, env=None, cwd=None, **popen_kwargs) -> subprocess.P
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **popen_kwargs)
 
 
+def run_on_terminal(args, stream: str = "stdout", columns: int | None = None,
+                    env: dict | None = None) -> tuple[int, str, str]:
+    """``python -m igan ARGS`` with ``stream`` (stdout or stderr) on a pseudo-terminal, ``columns`` wide if
+    given, the other stream a pipe: (exit code, what the terminal received, the piped stream)."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    if columns is not None:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    on_tty = {"stdout": slave, "stderr": subprocess.PIPE} if stream == "stdout" else \
+        {"stdout": subprocess.PIPE, "stderr": slave}
+    proc = subprocess.Popen([sys.executable, "-m", "igan", *map(str, args)], stdin=subprocess.DEVNULL,
+                            env=env if env is not None else {**os.environ, "OMP_NUM_THREADS": "1"}, **on_tty)
+    os.close(slave)
+    chunks = []
+    while True:
+        ready, _, _ = select.select([master], [], [], 0.1)
+        if ready:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        elif proc.poll() is not None:
+            break
+    os.close(master)
+    piped = (proc.stderr if stream == "stdout" else proc.stdout).read().decode()
+    return proc.wait(timeout=300), b"".join(chunks).decode(errors="replace"), piped
+
+
 def assert_clean_error(code: int, out: str, err: str, expected_code: int, *needles: str) -> None:
     """A user error: the exit code, nothing on stdout, one ``error:`` and a ``hint:`` on stderr, no traceback,
     and every ``needle`` (case-insensitive) in the error text."""

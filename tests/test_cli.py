@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pickle
 
 import numpy as np
@@ -399,33 +400,9 @@ def test_option_of_a_plugin_disabled_by_the_environment(run_cli, tmp_path):
 
 def _pty_stdout(args: list[str]) -> tuple[int, str, str]:
     """Run ``python -m igan ARGS`` with stdout on a pseudo-terminal (stderr a pipe)."""
-    import os
-    import pty
-    import select
-    import subprocess
-    import sys
+    from conftest import run_on_terminal
 
-    master, slave = pty.openpty()
-    env = {**os.environ, "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "igan", *args], stdout=slave, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, env=env)
-    os.close(slave)
-    chunks = []
-    while True:
-        ready, _, _ = select.select([master], [], [], 0.1)
-        if ready:
-            try:
-                data = os.read(master, 65536)
-            except OSError:  # the child closed the terminal
-                break
-            if not data:
-                break
-            chunks.append(data)
-        elif proc.poll() is not None:
-            break
-    os.close(master)
-    err = proc.stderr.read().decode()
-    return proc.wait(), b"".join(chunks).decode(errors="replace"), err
+    return run_on_terminal(args, "stdout", env={**os.environ, "NO_COLOR": "1", "OMP_NUM_THREADS": "1"})
 
 
 def test_plugins_in_a_terminal_prints_the_table_once(run_cli):

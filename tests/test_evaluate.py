@@ -409,7 +409,7 @@ def test_evaluate_a_seeds_folder_gives_per_seed_and_ensemble_errors(run_cli, tmp
     from igan.restore import restore_models
     from igan.datasets.digits import load_digits
     from igan.ensemble import test_probabilities
-    from igan.evaluate import evaluation_discriminator
+    from igan.restore import evaluation_discriminator
 
     code, _, err = run_cli(["semisup", "--steps", "20", "--batch-size", "50", "--device", "cpu", "--no-baseline",
                             "--seeds", "3", "--out", tmp_path / "exp"])

@@ -9,10 +9,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import select
-import struct
-import subprocess
-import sys
 
 import pytest
 
@@ -72,35 +68,14 @@ def test_the_plain_line_has_every_value():
 
 def _pty_stderr(args: list[str], columns: int) -> str:
     """``python -m igan ARGS`` with stderr on a pseudo-terminal ``columns`` wide; the text it drew
-    (escape codes removed), split at carriage returns and newlines."""
-    import fcntl
-    import pty
-    import termios
+    (escape codes removed)."""
+    from conftest import run_on_terminal
 
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
     env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "COLUMNS", "LINES", "FORCE_COLOR")}
     env.update(TERM="xterm", OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "igan", *args], stdout=subprocess.PIPE, stderr=slave,
-                            stdin=subprocess.DEVNULL, env=env)
-    os.close(slave)
-    chunks = []
-    while True:
-        ready, _, _ = select.select([master], [], [], 0.1)
-        if ready:
-            try:
-                data = os.read(master, 65536)
-            except OSError:  # the child closed the terminal
-                break
-            if not data:
-                break
-            chunks.append(data)
-        elif proc.poll() is not None:
-            break
-    os.close(master)
-    assert proc.wait(timeout=300) == 0, b"".join(chunks).decode(errors="replace")[-2000:]
-    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode(errors="replace"))
-    return text
+    code, drawn, _ = run_on_terminal(args, "stderr", columns, env)
+    assert code == 0, drawn[-2000:]
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", drawn)
 
 
 @pytest.mark.parametrize("columns", [80, 120])

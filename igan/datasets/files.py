@@ -36,6 +36,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from igan.errors import IganError
+from igan.fileio import fsync_dir
 
 __all__ = [
     "DATA_DIR_ENV",
@@ -171,7 +172,7 @@ def download(url: str, dest: Path, md5: str, *, timeout: float = DOWNLOAD_TIMEOU
 
         apply_new_file_mode(tmp, dest)
         os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
         return dest
     except IganError:
         raise
@@ -200,20 +201,6 @@ def download_files(base_url: str, files: Mapping[str, str], dest_dir: Path, *,
         if not dest.exists():
             fetched.append(download(base + name, dest, md5, timeout=timeout))
     return fetched
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable on POSIX; directories cannot be opened this way on Windows.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # bounded reading

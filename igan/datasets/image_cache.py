@@ -41,6 +41,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from igan.datasets.decode import decode_image
+from igan.fileio import fsync_dir
 
 __all__ = ["CACHE_VERSION", "CACHE_DIR_NAME", "FileStat", "Decoded", "default_cache_root", "cache_folder",
            "load_or_build", "rgb_to_grey"]
@@ -204,19 +205,6 @@ def _fsync_write(path: Path, write: Callable) -> None:
         os.fsync(f.fileno())
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write(folder: Path, pixels: np.ndarray, manifest: dict) -> None:
     """Array first (``.part``, fsync, rename), manifest last (same): see the module docstring."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -238,7 +226,7 @@ def _write(folder: Path, pixels: np.ndarray, manifest: dict) -> None:
         Path(tmp).unlink(missing_ok=True)
         (folder / name).unlink(missing_ok=True)  # never referenced: the old manifest stays in charge
         raise
-    _fsync_dir(folder)
+    fsync_dir(folder)
     _remove_leftovers(folder, replaced=previous.get("images") if previous else None, keep=name)
 
 
