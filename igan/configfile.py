@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from igan.config import RunConfig
-from igan.errors import UsageError
+from igan.errors import UsageError, value_check_message
 
 __all__ = ["read_config_file", "apply_config_file"]
 
@@ -137,7 +137,7 @@ def apply_config_file(path: Path, command: str, values: dict[str, Any], given: l
             try:
                 values[key] = param.process_value(ctx, value)
             except Exception as exc:  # noqa: BLE001 - the same checks (and messages) as on the command line
-                message = getattr(exc, "message", None) or str(exc)
+                message = value_check_message(getattr(exc, "message", None) or str(exc))
                 raise UsageError(f"{path}: {key} = {value!r}: {message}",
                                  hint=f"the value must be what {key.replace('_', '-')} accepts on the command "
                                       f"line (`igan {command} --help`)") from None

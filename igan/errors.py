@@ -33,3 +33,11 @@ class UsageError(IganError):
 class Terminated(Exception):
     """SIGTERM arrived: the training loop saves a checkpoint and the CLI exits with 143. (Defined here, not
     in ``igan.train``, so the CLI's last-resort handler can recognise it without importing anything.)"""
+
+
+def value_check_message(text: str) -> str:
+    """A typer value check's message without the ``Value error, `` that pydantic puts before it
+    (``'l3' is not one of 'l2', 'l1'``), for the command line and ``--config`` files alike."""
+    import re
+
+    return re.sub(r"(?i)\bvalue error, ", "", text)

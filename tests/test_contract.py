@@ -303,7 +303,7 @@ def test_a_toml_config_with_flags_that_win(run_cli, tmp_path):
 @pytest.mark.parametrize("text, name, needles, code_", [
     ("stpes = 2\n", "bad.toml", ["unknown key 'stpes'", "steps"], 2),
     ("steps = 0\n", "bad.toml", ["steps = 0"], 2),
-    ("fm_norm = 'l3'\n", "bad.toml", ["--fm-norm must be one of"], 2),
+    ("fm_norm = 'l3'\n", "bad.toml", ["fm_norm = 'l3'", "'l3' is not one of 'l2', 'l1'"], 2),
     ("steps: 2\n", "exp.yaml", ["pyyaml"], 2),
     ("steps = \n", "broken.toml", ["not valid toml"], 2),
     ('{"command": "semisup"}', "config.json", ["igan semisup"], 2),

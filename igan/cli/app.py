@@ -21,7 +21,7 @@ from typer.core import TyperCommand
 from igan import __version__
 from igan.cli.common import Command, Group, PluginManagers
 from igan.cli.training import core_owned
-from igan.errors import IganError, Terminated, UsageError
+from igan.errors import IganError, Terminated, UsageError, value_check_message
 
 __all__ = ["main", "build_app"]
 
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
             _report(blocked.message, blocked.hint)
         elif exc.format_message():  # typer's "no arguments: show help" carries no message
             # typer's value checks go through pydantic, which puts "Value error, " before their text
-            _report(exc.format_message().replace("Value error, ", ""), _usage_hint(exc))
+            _report(value_check_message(exc.format_message()), _usage_hint(exc))
         code = getattr(exc, "exit_code", 2)
     except IganError as exc:
         if debug:

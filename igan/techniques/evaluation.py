@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from igan.config import SEED_MAX
 from igan.errors import UsageError
 from igan.plugins import hookimpl
 
@@ -57,7 +56,7 @@ def igan_addoption(parser):
                     "classifier-score on digits and mnist, else is,fid, which need the Inception weights)")
     parser.add("eval_n", int, DEFAULT_N, min=2, panel=PANEL, run_only=True,
                help="samples per evaluation (igan evaluate's -n; the paper's IS protocol uses 50,000)")
-    parser.add("eval_seed", int, 0, panel=PANEL, run_only=True,
+    parser.add("eval_seed", int, 0, min=0, max=SEED_MAX, panel=PANEL, run_only=True,
                help="noise seed of the evaluation samples (igan evaluate's --seed)")
     parser.add("best_by", str, None, panel=PANEL, run_only=True,
                help="the value that picks best.safetensors: classifier_fd, classifier_score, is, fid, or "
@@ -133,8 +132,8 @@ def igan_configure(config, pm):
         except Exception as exc:
             why = getattr(exc, "message", str(exc))
             raise UsageError(f"--eval-every with {', '.join(names)} needs the Inception weights: {why}",
-                             hint=f"put them where the error says (or pass --download), or use a metric that "
-                                  f"works offline: --metric classifier-score (digits, mnist)") from exc
+                             hint="put them where the error says (or pass --download), or use a metric that "
+                                  "works offline: --metric classifier-score (digits, mnist)") from exc
     key, higher = best_rule(config.opt("best_by"), names)
     pm.register(Evaluator(every, names, int(config.opt("eval_n", DEFAULT_N)), int(config.opt("eval_seed", 0)),
                           key, higher, weights), "evaluation.run")
@@ -255,11 +254,6 @@ class Evaluator:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from igan.fileio import write_text
+
+    write_text(path, json.dumps(data, indent=2) + "\n")  # atomically, as the checkpoints
