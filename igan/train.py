@@ -345,7 +345,7 @@ def build_run(config: RunConfig, pm: pluggy.PluginManager, run_dir: Path | None 
         fits = sorted(name for name, d in models_by_name.items() if d.accepts(dataset.image_shape))
         raise UsageError(f"model {config.model} takes {model_def.sizes_text()} images, but {dataset.name} has "
                          f"{h}x{w} images", hint=f"models that fit {h}x{w}: {', '.join(fits) or 'none installed'} "
-                         f"(without --model, {dataset.name} trains {spec.default_model})")
+                         f"(without --model, {dataset.name} trains {spec.model_for(dataset)})")
     apply_model_defaults(config, model_def)
     if config.batch_size % dist.world:
         raise UsageError(f"--batch-size {config.batch_size} does not split evenly over {dist.world} processes",

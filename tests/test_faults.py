@@ -314,7 +314,8 @@ def test_sample_output_that_cannot_be_written(case, read_only_dir, tmp_path, tra
         "read-only-npz": (read_only_dir / "g.npz", 1, [f"could not write {read_only_dir / 'g.npz'}"]),
         "read-only-folder": (read_only_dir / "imgs", 1, ["cannot create -o folder", str(read_only_dir / "imgs")]),
         "onto-a-file": (afile, 2, ["is an existing file", str(afile)]),
-        "grid-onto-a-folder": (tmp_path / "dir.png", 1, [f"could not write {tmp_path / 'dir.png'}"]),
+        "grid-onto-a-folder": (tmp_path / "dir.png", 2, [f"cannot write {tmp_path / 'dir.png'}", "existing folder",
+                                                       f"{tmp_path / 'dir.png'}/"]),
     }[case]
     code, out, err = run_cli(["sample", trained_run / "checkpoints" / "last.safetensors", "-n", "4", "-o", target])
     assert_clean_error(code, out, err, expected, *needles)

@@ -155,11 +155,11 @@ def test_the_cache_is_built_once_across_runs(run_cli, pets, tmp_path):
     (["train", "--dataset", "folder"], 2, ["needs --data-dir"]),
     (["train", "--dataset", "folder", "--data-dir", "{missing}"], 1, ["does not exist"]),
     (["train", "--dataset", "folder", "--data-dir", "{flat}", "--image-size", "48"], 2, ["--image-size must be one of"]),
-    (["train", "--dataset", "folder", "--data-dir", "{flat}", "--image-mode", "cmyk"], 2, ["--image-mode must be"]),
+    (["train", "--dataset", "folder", "--data-dir", "{flat}", "--image-mode", "cmyk"], 2, ["--image-mode", "'cmyk' is not one of"]),
     (["train", "--dataset", "digits", "--image-size", "64"], 2, ["--image-size applies to --dataset folder"]),
     (["train", "--dataset", "digits", "--test-fraction", "0.2"], 2, ["--test-fraction applies to"]),
     (["train", "--dataset", "folder", "--data-dir", "{flat}", "--image-size", "128", "--model", "dcgan64_conv"], 2,
-     ["for 64x64 images"]),
+     ["dcgan64_conv takes 64x64 images", "128x128", "folder trains dcgan128_conv"]),
 ])
 def test_cli_errors_are_one_line(run_cli, tmp_path, args, code, needles):
     flat = flat_folder(tmp_path / "flat", n=6)

@@ -2,7 +2,8 @@
 
 ``-o`` says what to write: a file named ``.png``, ``.jpg``/``.jpeg`` or ``.webp`` is one grid image in
 that format, ``.npz`` a uint8 NHWC array, and a folder (a path ending in ``/``, an existing folder, or a
-name without a suffix) one PNG per sample. Any other suffix is refused rather than guessed.
+name without a suffix) one PNG per sample. Any other suffix is refused rather than guessed, and so is a
+grid or ``.npz`` name that is an existing folder (``-o x.png/`` writes into it).
 """
 
 from __future__ import annotations
@@ -26,9 +27,15 @@ def output_kind(out: str) -> str:
     from igan.images import GRID_SUFFIXES, grid_formats
 
     path = Path(out)
-    if out.endswith(("/", "\\")) or path.is_dir():
+    if out.endswith(("/", "\\")):
         return "folder"
     suffix = path.suffix.lower()
+    if path.is_dir():
+        if suffix == ".npz" or suffix in GRID_SUFFIXES:  # a file was meant, but a folder is there
+            raise UsageError(f"cannot write {out}: it is an existing folder, and a {suffix} file cannot replace it",
+                             hint=f"name another file, or write {out}/ (a trailing slash) for one PNG per sample "
+                                  "inside it")
+        return "folder"
     if suffix == ".npz":
         return "npz"
     if suffix in grid_formats():
