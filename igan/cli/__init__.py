@@ -9,7 +9,7 @@ One module per command, over shared helpers that import no command::
     plugins.py   igan plugins
     training.py  the options and command function train and semisup share (make_config)
     runs.py      run directories, --seeds K, --parallel
-    common.py    PluginManagers, Interrupted
+    common.py    PluginManagers, Interrupted, TerminatedError, the help-rendering command classes
 """
 
 from igan.cli.app import build_app, main
