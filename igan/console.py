@@ -15,7 +15,7 @@ from typing import Mapping
 
 from rich.console import Console
 
-__all__ = ["stderr", "error", "warn", "info", "TrainProgress"]
+__all__ = ["stderr", "error", "warn", "info", "TrainProgress", "TaskBar"]
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -59,6 +59,39 @@ def warn(message: str, hint: str | None = None) -> None:
 
 def info(message: str) -> None:
     print(message, file=sys.stderr)
+
+
+class TaskBar:
+    """A transient rich bar for work outside training (decoding a folder, Inception passes) when stderr
+    is a live terminal; silent otherwise, where the caller's summary line says what was done. ``advance(n)``
+    counts items done; calling it with ``(done, total)`` sets both (``total`` may be unknown at first)."""
+
+    def __init__(self, description: str, total: int | None = None, enabled: bool = True) -> None:
+        self.bar = None
+        if enabled and _live():
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+
+            self.bar = Progress(TextColumn(f"[bold]{description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), TimeRemainingColumn(), console=stderr, transient=True)
+            self.task = self.bar.add_task(description, total=total)
+
+    def __enter__(self) -> "TaskBar":
+        if self.bar is not None:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def advance(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.task, n)
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done, total=total)
 
 
 def _fmt(values: Mapping[str, float]) -> str:

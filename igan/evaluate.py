@@ -191,40 +191,12 @@ def _inception_batch(device: torch.device) -> int:
     return 200 if device.type == "cuda" else 50
 
 
-class _Progress:
-    """A rich progress bar on a terminal; silent otherwise (the table says what was done)."""
-
-    def __init__(self, description: str) -> None:
-        import sys
-
-        from igan.console import _plain, stderr
-
-        self.bar = None
-        if not _plain() and sys.stderr.isatty():  # redraws would fill a log file
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                                console=stderr, transient=True)
-            self.task = self.bar.add_task(description, total=None)
-
-    def __enter__(self) -> "_Progress":
-        if self.bar is not None:
-            self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
-
-    def __call__(self, done: int, total: int) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=done, total=total)
-
-
 def _inception_pool_logits(model, images: torch.Tensor, device: torch.device, what: str):
     from igan.metrics import inception_outputs
 
-    with _Progress(f"inception ({what})") as progress:
+    from igan.console import TaskBar
+
+    with TaskBar(f"inception ({what})") as progress:
         return inception_outputs(model, images, batch_size=_inception_batch(device), device=device,
                                  progress=progress)
 

@@ -90,17 +90,24 @@ class ReferenceAdam(torch.optim.Optimizer):
             for p in params:
                 by_step.setdefault(float(self.state[p]["step"]), []).append(p)
             for t, ps in by_step.items():
-                grads = [p.grad for p in ps]
-                exp_avg = [self.state[p]["exp_avg"] for p in ps]
-                exp_avg_sq = [self.state[p]["exp_avg_sq"] for p in ps]
-                torch._foreach_lerp_(exp_avg, grads, 1 - beta1)
-                torch._foreach_mul_(exp_avg_sq, beta2)
-                torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1 - beta2)
-                denom = torch._foreach_div(exp_avg_sq, 1 - beta2 ** t)  # v_hat
-                torch._foreach_add_(denom, group["eps"])  # eps inside the square root (reference)
-                torch._foreach_sqrt_(denom)
+                exp_avg, denom = self._moments(ps, beta1, beta2, 1 - beta2 ** t, group["eps"])
                 torch._foreach_addcdiv_(ps, exp_avg, denom, value=-group["lr"] / (1 - beta1 ** t))
         return None
+
+    def _moments(self, params: list, beta1: float, beta2: float, bias2, eps: float) -> tuple[list, list]:
+        """Update the moments of ``params`` in place (one foreach call per operation); returns the first
+        moments and sqrt(v_hat + eps), eps inside the square root as the reference. ``bias2`` is
+        1 - beta2^t, a float or (captured) a device tensor."""
+        grads = [p.grad for p in params]
+        exp_avg = [self.state[p]["exp_avg"] for p in params]
+        exp_avg_sq = [self.state[p]["exp_avg_sq"] for p in params]
+        torch._foreach_lerp_(exp_avg, grads, 1 - beta1)
+        torch._foreach_mul_(exp_avg_sq, beta2)
+        torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1 - beta2)
+        denom = torch._foreach_div(exp_avg_sq, bias2)  # v_hat
+        torch._foreach_add_(denom, eps)
+        torch._foreach_sqrt_(denom)
+        return exp_avg, denom
 
     def _capturable_step(self) -> None:
         """The update above with the step count, bias corrections and learning rate as device tensors."""
@@ -120,15 +127,7 @@ class ReferenceAdam(torch.optim.Optimizer):
             steps = [self.state[p]["step"] for p in params]
             torch._foreach_add_(steps, 1)
             t = steps[0].double()  # one count per group (set_capturable checks)
-            grads = [p.grad for p in params]
-            exp_avg = [self.state[p]["exp_avg"] for p in params]
-            exp_avg_sq = [self.state[p]["exp_avg_sq"] for p in params]
-            torch._foreach_lerp_(exp_avg, grads, 1 - beta1)
-            torch._foreach_mul_(exp_avg_sq, beta2)
-            torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1 - beta2)
-            denom = torch._foreach_div(exp_avg_sq, (1 - beta2 ** t).float())  # v_hat
-            torch._foreach_add_(denom, group["eps"])
-            torch._foreach_sqrt_(denom)
+            exp_avg, denom = self._moments(params, beta1, beta2, (1 - beta2 ** t).float(), group["eps"])
             update = torch._foreach_div(exp_avg, denom)
             torch._foreach_mul_(update, (self._lr[i] / (1 - beta1 ** t)).float())
             torch._foreach_sub_(params, update)

@@ -40,6 +40,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from igan.console import TaskBar
 from igan.datasets.decode import decode_image
 from igan.fileio import fsync_dir
 
@@ -144,34 +145,11 @@ def _settings(root: Path, size: int, mode: str) -> dict:
 # building
 
 
-class _Progress:
-    """A rich bar while decoding when stderr is a live terminal; a start and an end line otherwise."""
+class _Progress(TaskBar):
+    """The decoding bar (``igan.console.TaskBar``); the build's summary line is printed either way."""
 
     def __init__(self, total: int, enabled: bool) -> None:
-        from igan.console import _live, stderr
-
-        self.bar = None
-        self.total = total
-        if enabled and _live():
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
-
-            self.bar = Progress(TextColumn("[bold]decoding images"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), TimeRemainingColumn(), console=stderr, transient=True)
-            self.task = self.bar.add_task("decode", total=total)
-
-    def __enter__(self) -> "_Progress":
-        if self.bar is not None:
-            self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
-
-    def advance(self, n: int = 1) -> None:
-        if self.bar is not None:
-            self.bar.advance(self.task, n)
+        super().__init__("decoding images", total, enabled)
 
 
 def _decode_all(root: Path, rels: list[str], size: int, workers: int,
